@@ -1,0 +1,59 @@
+"""Atomic file writing: a file is either complete or absent, never half-written.
+
+Everything the engine writes goes through :func:`atomic_path`: the writer writes to a
+hidden temporary file in the destination folder, which is renamed over the destination
+only after the writer finished without an exception (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputError
+
+_COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in _COMPOUND_SUFFIXES:
+        if name.endswith(suffix):
+            return path.name[-len(suffix):]
+    return path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` on success.
+
+    The temporary name keeps the destination's extension, so writers that choose the
+    format from the extension (SimpleITK, matplotlib) behave as for the real name.
+    With ``overwrite=False`` an existing destination raises :class:`OutputError`.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise OutputError(path, "already exists (use --overwrite to replace it)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{_suffix(path)}", dir=path.parent)
+    except OSError as error:
+        raise OutputError(path, f"cannot write here ({error.strerror or error})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
+    """Write a text file atomically (UTF-8)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,152 @@
+"""``segment_liver``: one SimpleITK image in, a liver mask on the same grid out.
+
+image -> preprocess (RAS, spacing, intensity) -> network (sliding window) ->
+postprocess (resample back, threshold, largest component, fill holes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .bundle import ModelBundle, load_bundle
+from .errors import CancelledError, InputError, LiverVolumetryError
+from .postprocess import clean_mask, probability_to_input_grid
+from .preprocess import to_network_input
+
+Progress = Callable[[float, str], None]
+Cancel = Callable[[], bool]
+
+_NETWORK_CACHE: dict[tuple[str, str, str], object] = {}
+
+
+@dataclass
+class SegmentationResult:
+    """The liver mask (uint8, 1 = liver, on the input grid) and how it was made."""
+
+    mask: sitk.Image
+    model_name: str
+    model_version: str
+    device: str
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. 'gpu' is an alias of 'cuda'."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "gpu":
+        device = "cuda"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LiverVolumetryError("device 'cuda' was requested but no CUDA GPU is available (use --device cpu)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise LiverVolumetryError(f"unknown device {device!r} (auto, cpu, cuda)")
+    return device
+
+
+def _network_on(bundle: ModelBundle, device: str):
+    key = (str(bundle.path), bundle.sha256, device)
+    if key not in _NETWORK_CACHE:
+        _NETWORK_CACHE.clear()  # keep at most one network in memory
+        _NETWORK_CACHE[key] = bundle.load_network().to(device)
+    return _NETWORK_CACHE[key]
+
+
+def _window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    count = 1
+    for size, window in zip(shape, roi):
+        if size > window:
+            step = max(1, int(window * (1 - overlap)))
+            count *= math.ceil((size - window) / step) + 1
+    return count
+
+
+def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
+                      progress: Progress | None = None, cancel: Cancel | None = None) -> np.ndarray:
+    """Foreground probability (x, y, z float32) for a preprocessed network array."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    network = _network_on(bundle, device)
+    settings = bundle.inference
+    roi = tuple(min(r, s) if s < r else r for r, s in zip(settings.roi_size, array.shape))
+    total = max(1, math.ceil(_window_count(array.shape, roi, settings.overlap) / settings.sw_batch_size))
+    done = [0]
+
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        if cancel is not None and cancel():
+            raise CancelledError()
+        with torch.autocast("cuda", enabled=device.startswith("cuda")):
+            logits = network(batch)
+        done[0] += 1
+        if progress is not None:
+            progress(min(done[0] / total, 1.0), "network")
+        return torch.softmax(logits.float(), dim=1)[:, 1:2]
+
+    tensor = torch.from_numpy(array)[None, None].to(device)
+    with torch.inference_mode():
+        prob = sliding_window_inference(tensor, roi, settings.sw_batch_size, predictor,
+                                        overlap=settings.overlap, mode=settings.mode)
+    return prob[0, 0].float().cpu().numpy()
+
+
+def _check_image(image: sitk.Image) -> None:
+    if not isinstance(image, sitk.Image):
+        raise InputError(None, f"expected a SimpleITK image, got {type(image).__name__}")
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise InputError(None, f"a 3D volume is needed (size {'x'.join(map(str, image.GetSize()))})")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(None, "a single-component (scalar) image is needed")
+
+
+def segment_liver(image: sitk.Image, model: str | Path | ModelBundle | None = None, device: str = "auto",
+                  progress: Progress | None = None, cancel: Cancel | None = None) -> SegmentationResult:
+    """Segment the liver in a 3D MRI volume; the mask is on ``image``'s exact grid.
+
+    ``progress(fraction, stage)`` is called with the overall fraction (0..1) and a stage
+    name; ``cancel()`` is polled between stages and between network windows and stops the
+    work with :class:`CancelledError` when it returns True.
+    """
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    _check_image(image)
+    bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
+    device = resolve_device(device)
+
+    def report(fraction: float, stage: str) -> None:
+        if cancel is not None and cancel():
+            raise CancelledError()
+        if progress is not None:
+            progress(float(fraction), stage)
+
+    def timed(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[stage] = now - since
+        return now
+
+    report(0.0, "preprocess")
+    t = time.perf_counter()
+    net_input = to_network_input(image, bundle.preprocessing)
+    t = timed("preprocess", t)
+    report(0.1, "network")
+    probability = liver_probability(net_input.array, bundle, device,
+                                    progress=lambda f, s: report(0.1 + 0.75 * f, s), cancel=cancel)
+    t = timed("network", t)
+    report(0.85, "postprocess")
+    mask = probability_to_input_grid(probability, net_input.grid, image, bundle.inference.threshold)
+    post = bundle.postprocessing
+    mask = clean_mask(mask, post.get("largest_component", True), post.get("fill_holes", True))
+    timed("postprocess", t)
+    report(1.0, "postprocess")
+    return SegmentationResult(mask=mask, model_name=bundle.name, model_version=bundle.version,
+                              device=device, seconds=time.perf_counter() - start, timings=timings)
