@@ -18,6 +18,12 @@ from .errors import OutputError
 _COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     for suffix in _COMPOUND_SUFFIXES:
@@ -46,6 +52,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use normal permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
