@@ -1,0 +1,203 @@
+"""DICOM series: listing the series of a folder, choosing one, reading it as a volume.
+
+This is the DICOM half of input reading; :mod:`imageio` dispatches folders here and
+applies the checks common to every input (layout, spacing, memory) to what the header
+of a series tells before its pixels are read. ITK's multi-line stderr warnings are
+silenced while GDCM scans and reads (the checks here report those cases instead), and
+every failure is a one-line :class:`InputError` naming the folder.
+
+Geometry (origin, spacing, direction) of what is read is never changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+_DESCRIPTION_TAG = "0008|103e"
+_POSITION_TAG = "0020|0032"
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series found in a folder: its SeriesInstanceUID, SeriesDescription
+    (empty when absent), number of files, and the files sorted by slice position."""
+
+    uid: str
+    description: str
+    n_files: int
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What the first file's header says about a series before its pixels are read:
+    the volume size (x, y, number of slices; as the file says for a one-file series),
+    in-plane spacing (x, y) in mm and the number of components per voxel."""
+
+    size: tuple[int, ...]
+    in_plane_spacing: tuple[float, float]
+    components: int
+
+
+def sitk_reason(error: Exception) -> str:
+    """The informative last line of a (multi-line) SimpleITK exception, on one line."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("Reason:")]
+    text = lines[-1] if lines else type(error).__name__
+    text = re.sub(r"^(sitk::ERROR:|ITK ERROR:|\[nrrd\])\s*", "", text)
+    text = re.sub(r"^\S+\(0x[0-9a-fA-F]+\):\s*", "", text)
+    return text[:200]
+
+
+@contextmanager
+def quiet_itk() -> Iterator[None]:
+    """Silence ITK's multi-line stderr warnings (e.g. "No Series were found", "Non uniform
+    sampling") while reading DICOM: the checks here report those cases as InputError."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _file_header(folder: Path, file_name: str) -> sitk.ImageFileReader:
+    """A reader with the header of one DICOM file of ``folder`` read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file_name)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(folder, f"DICOM file {Path(file_name).name} cannot be read: "
+                                 f"{sitk_reason(error)}") from None
+    return reader
+
+
+def _series_description(folder: Path, first_file: str) -> str:
+    """SeriesDescription (0008|103e) of a series from its first file, '' when absent."""
+    reader = _file_header(folder, first_file)
+    has = reader.HasMetaDataKey(_DESCRIPTION_TAG)
+    return reader.GetMetaData(_DESCRIPTION_TAG).strip() if has else ""
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series directly in ``folder`` (not in sub-folders), in GDCM's order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "does not exist" if not folder.exists() else "is not a folder")
+    try:
+        with quiet_itk():
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+            files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), u) for u in uids]
+    except RuntimeError as error:
+        raise InputError(folder, f"DICOM files cannot be listed: {sitk_reason(error)}") from None
+    return [DicomSeries(uid, _series_description(folder, names[0]), len(names), tuple(names))
+            for uid, names in zip(uids, files) if names]
+
+
+def series_summary(series: Sequence[DicomSeries]) -> str:
+    """The series as "UID 'description' (N files); ..." for messages."""
+    return "; ".join(f"{s.uid} '{s.description}' ({s.n_files} files)" for s in series)
+
+
+def no_series_error(folder: str | os.PathLike,
+                    is_image_file: Callable[[str], bool]) -> InputError:
+    """The error for a folder holding no DICOM series, saying what to pass instead: the
+    image file itself when the folder holds files that ``is_image_file`` accepts (by
+    name), else a sub-folder."""
+    folder = Path(folder)
+    entries = sorted(e.name for e in folder.iterdir() if not e.name.startswith("."))
+    if not entries:
+        return InputError(folder, "is an empty folder; a DICOM series folder is expected")
+    images = [name for name in entries if is_image_file(name)]
+    folders = [name for name in entries if (folder / name).is_dir()]
+    hint = ""
+    if images or folders:
+        shown = ", ".join((images or folders)[:3]) + ("..." if len(images or folders) > 3 else "")
+        what = "the image file itself" if images else "the sub-folder that holds the DICOM files"
+        hint = f" (it holds {shown}: pass {what})"
+    return InputError(folder, "holds no DICOM files; a folder is read as one DICOM series"
+                              + hint)
+
+
+def choose_series(folder: str | os.PathLike, series: Sequence[DicomSeries],
+                  series_uid: str | None = None) -> DicomSeries:
+    """The series to read among the (non-empty) ``series`` of ``folder``: the one named
+    ``series_uid``, else the only one. Raises InputError listing the series otherwise."""
+    if series_uid is not None:
+        chosen = [s for s in series if s.uid == series_uid]
+        if not chosen:
+            raise InputError(folder, f"has no DICOM series with UID {series_uid}; it holds: "
+                                     f"{series_summary(series)}")
+        return chosen[0]
+    if len(series) > 1:
+        raise InputError(folder, f"holds {len(series)} DICOM series; choose one with "
+                                 f"--series UID: {series_summary(series)}")
+    return series[0]
+
+
+def read_series_header(folder: str | os.PathLike, series: DicomSeries) -> SeriesHeader:
+    """The header facts of ``series`` from its first file (no pixels are read). For a
+    series of several files the third size is the number of files."""
+    first = _file_header(Path(folder), series.files[0])
+    size = tuple(int(s) for s in first.GetSize())
+    if series.n_files > 1:
+        size = (size[0], size[1], series.n_files)
+    spacing = first.GetSpacing()
+    return SeriesHeader(size, (float(spacing[0]), float(spacing[1])),
+                        int(first.GetNumberOfComponents()))
+
+
+def check_slice_positions(folder: str | os.PathLike, reader: sitk.ImageSeriesReader,
+                          image: sitk.Image, n_files: int) -> None:
+    """Refuse a 3D series with duplicate or unevenly spaced slices (its geometry would be
+    wrong). Needs the reader's per-slice ImagePositionPatient; skipped when absent."""
+    n = image.GetSize()[2]
+    if n < 3 or n != n_files or not all(reader.HasMetaDataKey(i, _POSITION_TAG) for i in range(n)):
+        return
+    try:
+        points = np.array([[float(v) for v in reader.GetMetaData(i, _POSITION_TAG).split("\\")]
+                           for i in range(n)])
+    except ValueError:
+        return
+    normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    gaps = np.abs(np.diff(points @ normal))
+    if np.any(gaps < 1e-3):
+        raise InputError(folder, f"has {int(np.sum(gaps < 1e-3))} slices at the same position "
+                                 "as another (several echoes or acquisitions in one series?)")
+    median = float(np.median(gaps))
+    if np.max(np.abs(gaps - median)) > max(0.05 * median, 0.01):
+        raise InputError(folder, f"has unevenly spaced slices (gaps from {gaps.min():.3g} to "
+                                 f"{gaps.max():.3g} mm; missing slices?)")
+
+
+def read_series(folder: str | os.PathLike, series: DicomSeries) -> sitk.Image:
+    """Read the pixels of ``series`` as float32 with its geometry unchanged.
+
+    A 3D result (every size above 1) has its slice positions checked with
+    :func:`check_slice_positions`; any other result is returned as read, for the caller
+    to refuse. Unreadable pixel data is a one-line InputError naming ``folder``.
+    """
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series.files))
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        with quiet_itk():
+            image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(folder, f"pixel data cannot be read (truncated or corrupt file): "
+                                 f"{sitk_reason(error)}") from None
+    if image.GetDimension() == 3 and min(image.GetSize()) > 1:
+        check_slice_positions(folder, reader, image, series.n_files)
+    return image

@@ -1,0 +1,407 @@
+"""Reading and validating one input image (or reference mask) for the engine.
+
+The engine segments 3D scalar MRI volumes. Everything that can be checked from a file's
+header (dimension, components, spacing, direction, memory needed) is checked *before*
+pixels are read, so a huge or unusable file is refused without loading it. Every failure
+is a one-line :class:`InputError` naming the file and the cause; SimpleITK's multi-line
+exceptions never reach the user.
+
+Geometry (origin, spacing, direction) of what is read is never changed. DICOM series
+folders are read by :mod:`.dicom`; ``DicomSeries`` and ``list_dicom_series`` are
+re-exported here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_error, read_series,
+                    read_series_header)
+from .dicom import sitk_reason as _sitk_reason
+from .errors import InputError
+
+__all__ = [
+    "IMAGE_SUFFIXES", "DicomSeries", "available_memory_bytes", "case_id", "estimate_memory_bytes",
+    "image_suffix", "list_dicom_series", "read_image", "read_mask", "validate_image",
+]
+
+#: File suffixes read as images (lower case; ``.seg.nrrd`` is a ``.nrrd``).
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: Plausible voxel spacing in mm: a spacing outside (MIN, MAX] is a broken header.
+MIN_SPACING_MM = 0.05
+MAX_SPACING_MM = 30.0
+
+#: Memory estimate (see :func:`estimate_memory_bytes`).
+BYTES_PER_VOXEL = 16
+FIXED_OVERHEAD_BYTES = 512 * 1024**2
+
+#: What an InputError names: a file, a folder, or a label for an in-memory image.
+Where = str | os.PathLike | None
+
+_COMPLEX_PIXEL_IDS = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    """The supported image suffix of ``path`` (lower case, e.g. ``".nii.gz"``), or None."""
+    name = Path(path).name.lower()
+    matches = [s for s in IMAGE_SUFFIXES if name.endswith(s) and len(name) > len(s)]
+    return max(matches, key=len) if matches else None
+
+
+def case_id(path: str | os.PathLike) -> str:
+    """The case name for an input: the file name without its image extensions
+    (``image_1.nii.gz`` -> ``image_1``, ``x.seg.nrrd`` -> ``x``), or a folder's name."""
+    p = Path(path)
+    if p.is_dir():
+        return p.resolve().name if p.name in ("", ".", "..") else p.name
+    name = p.name
+    suffix = image_suffix(p)
+    if suffix is not None:
+        name = name[: -len(suffix)]
+        if name.lower().endswith(".seg"):
+            name = name[: -len(".seg")]
+    return name
+
+
+def _size_text(size: Sequence[int]) -> str:
+    """A size as '256x256x30'."""
+    return "x".join(str(int(s)) for s in size)
+
+
+def _gb(n_bytes: float) -> str:
+    """A byte count in GB with one decimal."""
+    return f"{n_bytes / 1024**3:.1f} GB"
+
+
+def estimate_memory_bytes(size: Sequence[int]) -> int:
+    """Memory needed to process an image of ``size`` voxels (x, y, z).
+
+    The pipeline holds at once roughly: the float32 input (4 B/voxel), a float32
+    resampled copy (4), a float32 probability map (4), the uint8 output mask (1) and
+    scratch space for casts and post-processing (~3): ``BYTES_PER_VOXEL`` = 16. On top
+    comes ``FIXED_OVERHEAD_BYTES`` (512 MiB) for the model weights, the torch runtime and
+    sliding-window buffers. The 2 mm resampled grid is usually smaller than the native
+    grid, so this errs on the safe side.
+    """
+    n_voxels = math.prod(int(s) for s in size)
+    return n_voxels * BYTES_PER_VOXEL + FIXED_OVERHEAD_BYTES
+
+
+def available_memory_bytes() -> int:
+    """Memory available to this process now: psutil if importable, else
+    ``MemAvailable`` from /proc/meminfo; a huge number when it cannot be known."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or failing: fall back
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2**62
+
+
+def _check_layout(path: Where, dimension: int, size: Sequence[int], components: int,
+                  allow_components: bool = False) -> None:
+    """Refuse 2D, 4D and multi-component images (from header values)."""
+    if dimension == 2:
+        raise InputError(path, f"is 2D (size {_size_text(size)}); a 3D volume is needed")
+    if dimension != 3:
+        raise InputError(path, f"is {dimension}D (size {_size_text(size)}); "
+                               "a single 3D volume is needed")
+    if any(int(s) <= 1 for s in size):
+        raise InputError(path, f"is 2D (size {_size_text(size)}); a 3D volume is needed")
+    if components != 1 and not allow_components:
+        raise InputError(path, f"has {components} components per voxel (RGB or vector image); "
+                               "a scalar (grayscale) volume is needed")
+
+
+def _check_spacing(path: Where, spacing: Sequence[float]) -> None:
+    """Refuse non-finite or implausible voxel spacing."""
+    ok = all(math.isfinite(s) and MIN_SPACING_MM < s <= MAX_SPACING_MM for s in spacing)
+    if not ok:
+        text = " x ".join(f"{s:g}" for s in spacing)
+        raise InputError(path, f"has implausible voxel spacing {text} mm (each must be "
+                               f"above {MIN_SPACING_MM:g} and at most {MAX_SPACING_MM:g} mm)")
+
+
+def _check_direction(path: Where, direction: Sequence[float]) -> None:
+    """Refuse a non-finite or (nearly) singular direction matrix."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(matrix)):
+        raise InputError(path, "has a degenerate direction matrix (non-finite values)")
+    norms = np.linalg.norm(matrix, axis=0)
+    if np.any(norms < 1e-6) or abs(np.linalg.det(matrix / norms)) < 1e-3:
+        raise InputError(path, "has a degenerate direction matrix (axes are parallel "
+                               "or zero); the image orientation is unusable")
+
+
+def _check_memory(path: Where, size: Sequence[int]) -> None:
+    """Refuse an image too large for the memory available now."""
+    needed, available = estimate_memory_bytes(size), available_memory_bytes()
+    if needed > available:
+        raise InputError(path, f"is too large (size {_size_text(size)}): needs about "
+                               f"{_gb(needed)} of memory to process, {_gb(available)} available")
+
+
+def _check_pixels(path: Where, image: sitk.Image) -> None:
+    """Refuse NaN/inf voxels and constant images (reads the pixels slab by slab)."""
+    array = sitk.GetArrayViewFromImage(image)
+    n_bad, low, high = 0, math.inf, -math.inf
+    for start in range(0, array.shape[0], 16):
+        slab = array[start:start + 16]
+        finite = np.isfinite(slab)
+        n_bad += slab.size - int(np.count_nonzero(finite))
+        if n_bad == 0 and slab.size:
+            low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    if n_bad:
+        raise InputError(path, f"has {n_bad} voxel(s) with NaN or infinite values")
+    if low == high:
+        raise InputError(path, f"is a constant image (every voxel is {low:g}); it holds no image")
+
+
+def validate_image(image: sitk.Image, path: Where) -> None:
+    """Check an image already in memory (e.g. from Slicer): 3D, scalar, plausible spacing,
+    usable direction, and pixel data that is finite and not constant. Raises InputError."""
+    size = image.GetSize()
+    _check_layout(path, image.GetDimension(), size, image.GetNumberOfComponentsPerPixel())
+    _check_spacing(path, image.GetSpacing())
+    _check_direction(path, image.GetDirection())
+    _check_pixels(path, image)
+
+
+def _file_reader(path: Path) -> sitk.ImageFileReader:
+    """A reader with the header of ``path`` read (missing/corrupt/unsupported refused)."""
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if not path.is_file():
+        raise InputError(path, "is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "cannot be read (permission denied)")
+    if image_suffix(path) is None:
+        raise InputError(path, f"has an unsupported file type; expected one of "
+                               f"{', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        reason = _sitk_reason(error)
+        detail = "" if "Unable to determine ImageIO" in reason else f": {reason}"
+        raise InputError(path, f"cannot be read: not a valid {image_suffix(path)} file, "
+                               f"or the file is corrupt{detail}") from None
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
+    if reader.GetPixelID() in _COMPLEX_PIXEL_IDS:
+        raise InputError(path, "has complex-valued voxels; a real-valued volume is needed")
+    return reader
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Byte offset where a NIfTI-1/2 file's voxel data ends, from its header; None if the
+    header cannot be interpreted (then no truncation check is made)."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dim = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = struct.unpack(endian + "f", header[108:112])[0]
+        elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dim = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dim[0] <= 7 or bitpix <= 0 or not math.isfinite(offset) or offset < 0:
+            return None
+        return int(offset) + math.prod(max(int(d), 1) for d in dim[1:dim[0] + 1]) * bitpix // 8
+    return None
+
+
+def _gzip_size(path: Path, expected: int) -> int:
+    """Uncompressed size of a .gz file: its trailer when that equals ``expected`` (mod
+    2**32), else counted by decompressing (all members; stops at corrupt data)."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", handle.read(4))[0] == expected % 2**32:
+            return expected
+        handle.seek(0)
+        total, inflater = 0, zlib.decompressobj(31)
+        while block := handle.read(1 << 22):
+            while block:
+                try:
+                    total += len(inflater.decompress(block))
+                except zlib.error:
+                    return total
+                block = inflater.unused_data if inflater.eof else b""
+                if inflater.eof:
+                    inflater = zlib.decompressobj(31)
+    return total
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file (ITK would silently fill the missing voxels with 0)."""
+    compressed = image_suffix(path) == ".nii.gz"
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+            end = _nifti_data_end(handle.read(544))
+        if end is None:
+            return
+        size = _gzip_size(path, end) if compressed else path.stat().st_size
+    except (EOFError, OSError, zlib.error):
+        size, end = 0, 1
+    if size < end:
+        raise InputError(path, f"is truncated: {size} of its {end} bytes are present "
+                               "(incomplete download or corrupt file)")
+
+
+def _execute(reader: sitk.ImageReaderBase, path: Where) -> sitk.Image:
+    """Read the pixels; a truncated or corrupt body becomes an InputError."""
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(path, f"pixel data cannot be read (truncated or corrupt file): "
+                               f"{_sitk_reason(error)}") from None
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """Read an image file as float32 after checking everything its header tells."""
+    reader = _file_reader(path)
+    size = reader.GetSize()
+    _check_layout(path, reader.GetDimension(), size, reader.GetNumberOfComponents())
+    _check_spacing(path, reader.GetSpacing())
+    _check_direction(path, reader.GetDirection())
+    _check_memory(path, size)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    return _execute(reader, path)
+
+
+def _read_dicom(folder: Path, series_uid: str | None) -> sitk.Image:
+    """Read one DICOM series of ``folder`` as float32, checking its first header first."""
+    series = list_dicom_series(folder)
+    if not series:
+        raise no_series_error(folder, is_image_file=lambda name: image_suffix(name) is not None)
+    chosen = choose_series(folder, series, series_uid)
+    header = read_series_header(folder, chosen)
+    _check_layout(folder, 3, header.size, header.components)
+    _check_spacing(folder, header.in_plane_spacing)
+    _check_memory(folder, header.size)
+    image = read_series(folder, chosen)
+    _check_layout(folder, image.GetDimension(), image.GetSize(), 1)
+    return image
+
+
+def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
+    """Read one input volume: an image file (by suffix) or a DICOM series folder.
+
+    Returns a float32 3D scalar image with the file's geometry unchanged. ``series_uid``
+    selects a series in a folder holding several (ignored for image files). Raises a
+    one-line InputError naming the file and the cause for any unusable input.
+    """
+    path = Path(path)
+    if path.is_dir():
+        image = _read_dicom(path, series_uid)
+    elif not path.exists():
+        raise InputError(path, "does not exist")
+    else:
+        image = _read_file(path)
+    validate_image(image, path)
+    return image
+
+
+def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
+              label: int | None = None) -> sitk.Image:
+    """Read a reference or hand-corrected liver mask as uint8 0/1.
+
+    With ``label`` None any non-zero voxel is liver, else voxels equal to ``label``.
+    A multi-layer Slicer ``.seg.nrrd`` is read as the union of its layers (``label``
+    is then ambiguous and refused). With ``reference``, the mask is returned on exactly
+    the reference's grid. The mask's own grid may be a sub-box or super-box of it (as
+    Slicer saves a segmentation cropped to its extent): same spacing and direction within
+    round-off, origin a whole number of voxels away. It is pasted in voxel for voxel (no
+    interpolation); reference voxels outside the mask's box are 0, and liver voxels
+    outside the reference grid are refused (background there is dropped).
+    """
+    path = Path(path)
+    reader = _file_reader(path)
+    components = reader.GetNumberOfComponents()
+    _check_layout(path, reader.GetDimension(), reader.GetSize(), components,
+                  allow_components=True)
+    _check_spacing(path, reader.GetSpacing())
+    _check_direction(path, reader.GetDirection())
+    if components > 1 and label is not None:
+        raise InputError(path, f"has {components} segment layers, so label {label} is "
+                               "ambiguous; omit the label to use every segment")
+    offset = (0, 0, 0) if reference is None else _grid_offset(path, reader, reference)
+    image = _execute(reader, path)
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InputError(path, "contains NaN or infinite voxel values")
+    liver = array != 0 if label is None else array == label
+    if components > 1:
+        liver = liver.any(axis=-1)
+    return _paste_into_grid(path, liver, offset, image if reference is None else reference)
+
+
+def _grid_offset(path: Path, reader: sitk.ImageFileReader,
+                 reference: sitk.Image) -> tuple[int, int, int]:
+    """Index (x, y, z) in the reference grid of the mask's first voxel (from the header).
+
+    Refuses a mask whose spacing (1e-4 relative) or direction (1e-4) differs from the
+    reference, or whose origin is not a whole number of voxels away from the reference's
+    (tolerance 1e-3 voxel, at least 1e-3 mm), saying what differs.
+    """
+    mine, theirs = ({name: np.asarray(getattr(x, "Get" + name)(), dtype=float)
+                     for name in ("Spacing", "Direction", "Origin")} for x in (reader, reference))
+    spacing = theirs["Spacing"]
+    axes = theirs["Direction"].reshape(3, 3) * spacing
+    index = np.linalg.solve(axes, mine["Origin"] - theirs["Origin"])
+    whole = np.round(index)
+    wrong = {"Spacing": np.abs(mine["Spacing"] - spacing) > 1e-4 * spacing,
+             "Direction": np.abs(mine["Direction"] - theirs["Direction"]) > 1e-4,
+             "Origin": np.abs(index - whole) > np.maximum(1e-3, 1e-3 / spacing)}
+    for name, bad in wrong.items():
+        if np.any(bad):
+            shown = [", ".join(f"{v:.4g}" for v in x[name]) for x in (mine, theirs)]
+            steps = ", ".join(f"{v:.4g}" for v in index)
+            detail = f": {steps} voxels apart, not a whole number" if name == "Origin" else ""
+            raise InputError(path, f"does not match the image grid: {name.lower()} ({shown[0]}) "
+                                   f"vs image ({shown[1]}){detail}")
+    return int(whole[0]), int(whole[1]), int(whole[2])
+
+
+def _paste_into_grid(path: Path, liver: np.ndarray, offset: tuple[int, int, int],
+                     reference: sitk.Image) -> sitk.Image:
+    """The boolean mask ``liver`` (numpy z, y, x; its voxel 0 at index ``offset`` of the
+    reference grid) as uint8 on the reference grid: copied voxel for voxel where the grids
+    overlap, 0 elsewhere. Refuses liver voxels that fall outside the reference grid."""
+    target = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    source_box, target_box = [], []
+    for n_mask, n_target, shift in zip(liver.shape, target.shape, offset[::-1]):
+        low = max(0, -shift)
+        high = max(low, min(n_mask, n_target - shift))
+        source_box.append(slice(low, high))
+        target_box.append(slice(low + shift, high + shift))
+    inside = liver[tuple(source_box)]
+    outside = int(np.count_nonzero(liver)) - int(np.count_nonzero(inside))
+    if outside:
+        raise InputError(path, f"extends beyond the image: {outside} liver voxel(s) lie "
+                               "outside the image grid")
+    target[tuple(target_box)] = inside
+    mask = sitk.GetImageFromArray(target)
+    mask.CopyInformation(reference)
+    return mask

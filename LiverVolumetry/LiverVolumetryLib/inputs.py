@@ -1,0 +1,195 @@
+"""Turning command-line arguments into a list of cases to process.
+
+An argument is an image file, a folder, or a CSV manifest. No pixel data is read here
+(only directory listings, 132-byte DICOM magic checks and the CSV), so this is fast even
+for large batches; each case is fully checked later when it is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .imageio import IMAGE_SUFFIXES, case_id, image_suffix
+
+_IMAGE_COLUMNS = ("image", "path")
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One case: its name (outputs are named after it), the image file or DICOM folder,
+    and the DICOM series to read from that folder (None: the folder's only series)."""
+
+    case: str
+    path: Path
+    series_uid: str | None = None
+
+
+def looks_like_dicom_file(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a DICOM Part-10 file (``DICM`` magic at byte 128) or ends in
+    ``.dcm``. DICOMDIR index files and hidden files are not image files."""
+    p = Path(path)
+    if p.name.startswith(".") or p.name.upper() == "DICOMDIR" or not p.is_file():
+        return False
+    if p.suffix.lower() == ".dcm":
+        return True
+    if image_suffix(p) is not None:
+        return False
+    try:
+        with open(p, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def folder_holds_dicom(folder: str | os.PathLike) -> bool:
+    """True if ``folder`` directly contains at least one DICOM file (fast: no GDCM scan)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(looks_like_dicom_file(entry.path) for entry in entries)
+    except OSError:
+        return False
+
+
+def _natural_key(name: str) -> list:
+    """Sort key putting image_2 before image_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _is_input_image(path: Path) -> bool:
+    """A supported image file that is not hidden and not a Slicer segmentation."""
+    name = path.name.lower()
+    return (path.is_file() and not name.startswith(".") and image_suffix(path) is not None
+            and not name.endswith(".seg.nrrd"))
+
+
+def _dicom_subfolders(folder: Path) -> list[Path]:
+    """Every folder below ``folder`` (at any depth) that directly holds DICOM files."""
+    found = []
+    for root, dirs, _files in os.walk(folder):
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=_natural_key)
+        if Path(root) != folder and folder_holds_dicom(root):
+            found.append(Path(root))
+    return found
+
+
+def _subfolder_case(folder: Path, sub: Path) -> str:
+    """Case name of a DICOM sub-folder: its path below ``folder`` joined with '_'."""
+    return "_".join(sub.relative_to(folder).parts)
+
+
+def _cases_from_folder(folder: Path, series_uid: str | None) -> list[InputCase]:
+    """One DICOM case, or the folder's image files plus its DICOM sub-folders."""
+    if folder_holds_dicom(folder):
+        return [InputCase(case_id(folder), folder, series_uid)]
+    files = sorted((p for p in folder.iterdir() if _is_input_image(p)),
+                   key=lambda p: _natural_key(p.name))
+    cases = [InputCase(case_id(p), p) for p in files]
+    cases += [InputCase(_subfolder_case(folder, sub), sub, series_uid)
+              for sub in _dicom_subfolders(folder)]
+    if not cases:
+        raise InputError(folder, f"holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
+                                 "and no DICOM series")
+    return cases
+
+
+def _manifest_column(fields: Sequence[str], names: Iterable[str]) -> str | None:
+    """The first of ``names`` that is a column of the manifest, or None."""
+    return next((name for name in names if name in fields), None)
+
+
+def _cases_from_manifest(manifest: Path, series_uid: str | None) -> list[InputCase]:
+    """The cases listed in a CSV manifest (columns image|path, optional case, series_uid)."""
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(manifest, f"cannot be read as a CSV manifest: {error}") from None
+    if not rows:
+        raise InputError(manifest, "is an empty CSV manifest; a header with a column "
+                                   "'image' (or 'path') is needed")
+    fields = [cell.strip().lower() for cell in rows[0][1]]
+    image_column = _manifest_column(fields, _IMAGE_COLUMNS)
+    if image_column is None:
+        raise InputError(manifest, f"has no column 'image' (or 'path') in its header "
+                                   f"(columns: {', '.join(fields)})")
+    cases = []
+    for line, row in rows[1:]:
+        record = dict(zip(fields, (cell.strip() for cell in row)))
+        cases.append(_manifest_case(manifest, line, record, image_column, series_uid))
+    if not cases:
+        raise InputError(manifest, "lists no images")
+    return cases
+
+
+def _manifest_case(manifest: Path, line: int, record: dict[str, str], image_column: str,
+                   series_uid: str | None) -> InputCase:
+    """One manifest row as a case; relative paths are relative to the manifest's folder."""
+    value = record.get(image_column, "")
+    if not value:
+        raise InputError(manifest, f"line {line}: the '{image_column}' column is empty")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = manifest.parent / path
+    if not path.exists():
+        raise InputError(manifest, f"line {line}: {path} does not exist")
+    if path.is_file() and image_suffix(path) is None:
+        raise InputError(manifest, f"line {line}: {path} is not a supported image file "
+                                   f"({', '.join(IMAGE_SUFFIXES)}) or a DICOM folder")
+    case = record.get("case") or case_id(path)
+    uid = record.get("series_uid") or series_uid
+    return InputCase(case, path, uid if path.is_dir() else None)
+
+
+def _cases_from_argument(argument: str | os.PathLike, series_uid: str | None) -> list[InputCase]:
+    path = Path(argument).expanduser()
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_dir():
+        return _cases_from_folder(path, series_uid)
+    if path.suffix.lower() == ".csv":
+        return _cases_from_manifest(path, series_uid)
+    if image_suffix(path) is None:
+        dicom = path.suffix.lower() == ".dcm"
+        hint = " (pass the folder holding the DICOM series)" if dicom else ""
+        raise InputError(path, f"has an unsupported file type; expected an image file "
+                               f"({', '.join(IMAGE_SUFFIXES)}), a DICOM folder or a .csv "
+                               f"manifest{hint}")
+    return [InputCase(case_id(path), path)]
+
+
+def _check_unique(cases: Sequence[InputCase]) -> None:
+    """Refuse two cases with the same name (case-insensitively): same output files."""
+    seen: dict[str, InputCase] = {}
+    for case in cases:
+        key = case.case.casefold()
+        if key in seen:
+            raise InputError(case.path, f"two inputs would write the same outputs (case "
+                                        f"'{case.case}'): {seen[key].path} and {case.path}")
+        seen[key] = case
+
+
+def collect_inputs(arguments: Sequence[str | os.PathLike],
+                   series_uid: str | None = None) -> list[InputCase]:
+    """The cases named by ``arguments`` (image files, folders, CSV manifests), in order.
+
+    A folder that directly holds DICOM files is one case; otherwise each supported image
+    file directly in it (natural sort, ``.seg.nrrd`` skipped) and each sub-folder at any
+    depth holding DICOM files (named by its relative path, parts joined with ``_``) is a
+    case. ``series_uid`` applies to DICOM cases that do not name their own. Raises
+    InputError for missing paths, unsupported files, nothing found, or duplicate names.
+    """
+    cases: list[InputCase] = []
+    for argument in arguments:
+        cases.extend(_cases_from_argument(argument, series_uid))
+    if not cases:
+        raise InputError(None, "no input images given")
+    _check_unique(cases)
+    return cases

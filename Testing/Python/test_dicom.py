@@ -1,0 +1,213 @@
+"""Tests for LiverVolumetryLib.dicom and DICOM folders read through imageio.read_image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_imageio import AXIAL, OBLIQUE, ORIENTATIONS, SAGITTAL, _write, assert_same_geometry, make_volume
+
+from LiverVolumetryLib import dicom, imageio
+from LiverVolumetryLib.errors import InputError
+from LiverVolumetryLib.imageio import DicomSeries, list_dicom_series, read_image
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str,
+                       description: str = "T2 HASTE", prefix: str = "slice",
+                       skip: tuple[int, ...] = (), repeat: int = 1) -> None:
+    """Write ``image`` as one DICOM file per slice with the tags a scanner would set.
+
+    ``skip`` leaves slices out (a gap), ``repeat`` writes every slice that many times
+    (same position, like several echoes in one series)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    d = image.GetDirection()
+    orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    number = 0
+    for z in range(image.GetDepth()):
+        if z in skip:
+            continue
+        for _ in range(repeat):
+            number += 1
+            slab = image[:, :, z:z + 1]
+            position = image.TransformIndexToPhysicalPoint((0, 0, z))
+            tags = {
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+                "0008|0018": f"{series_uid}.{number}",
+                "0008|0060": "MR",
+                "0008|103e": description,
+                "0010|0020": "TEST01",
+                "0020|000d": "1.2.826.0.1.3680043.8.498.1",
+                "0020|000e": series_uid,
+                "0020|0013": str(number),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+                "0020|0037": orientation,
+                "0028|0030": f"{image.GetSpacing()[1]:.6f}\\{image.GetSpacing()[0]:.6f}",
+                "0018|0050": f"{image.GetSpacing()[2]:.6f}",
+            }
+            for key, value in tags.items():
+                slab.SetMetaData(key, value)
+            writer.SetFileName(str(folder / f"{prefix}{number:03d}.dcm"))
+            writer.Execute(slab)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def bad_empty_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "empty_dicom"
+    folder.mkdir()
+    return folder, {}
+
+
+def bad_folder_with_image_file(tmp_path, monkeypatch):
+    folder = tmp_path / "not_dicom"
+    folder.mkdir()
+    _write(folder, "image_1.nii.gz", make_volume())
+    return folder, {}
+
+
+def bad_two_series(tmp_path, monkeypatch):
+    folder = tmp_path / "two_series"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.11", "T2", "a")
+    write_dicom_series(make_volume(seed=1), folder, "1.2.826.0.1.3680043.8.498.22", "T1", "b")
+    return folder, {}
+
+
+def bad_unknown_series(tmp_path, monkeypatch):
+    folder = tmp_path / "one_series"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.11")
+    return folder, {"series_uid": "9.9.9"}
+
+
+def bad_dicom_gap(tmp_path, monkeypatch):
+    folder = tmp_path / "gap_series"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.33", skip=(3,))
+    return folder, {}
+
+
+def bad_dicom_duplicate_positions(tmp_path, monkeypatch):
+    folder = tmp_path / "echo_series"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.44", repeat=2)
+    return folder, {}
+
+
+def bad_dicom_too_large(tmp_path, monkeypatch):
+    monkeypatch.setattr(imageio, "available_memory_bytes", lambda: 100 * 1024**2)
+    folder = tmp_path / "big_series"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.66")
+    return folder, {}
+
+
+BAD_FOLDERS = [
+    (bad_dicom_too_large, "size 8x7x6): needs about"),
+    (bad_empty_folder, "empty"),
+    (bad_folder_with_image_file, "image_1.nii.gz"),
+    (bad_two_series, "--series"),
+    (bad_unknown_series, "9.9.9"),
+    (bad_dicom_gap, "unevenly spaced"),
+    (bad_dicom_duplicate_positions, "same position"),
+]
+
+
+@pytest.mark.parametrize("make, keyword", BAD_FOLDERS,
+                         ids=[make.__name__.removeprefix("bad_") for make, _ in BAD_FOLDERS])
+def test_bad_folder_is_one_line_input_error(tmp_path, monkeypatch, make, keyword):
+    path, kwargs = make(tmp_path, monkeypatch)
+    with pytest.raises(InputError) as caught:
+        read_image(path, **kwargs)
+    message = str(caught.value)
+    assert path.name in message
+    assert keyword in message.lower()
+    assert "\n" not in message and "\r" not in message
+    assert "Exception thrown" not in message and "sitk::ERROR" not in message
+
+
+def test_too_large_series_is_refused_before_pixels_are_read(tmp_path, monkeypatch):
+    folder, _ = bad_dicom_too_large(tmp_path, monkeypatch)
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute",
+                        lambda self: pytest.fail("pixels were read"))
+    with pytest.raises(InputError, match="needs about 0.5 GB of memory to process, 0.1 GB"):
+        read_image(folder)
+
+
+def test_two_series_message_lists_each_series(tmp_path, monkeypatch):
+    folder, _ = bad_two_series(tmp_path, monkeypatch)
+    message = str(pytest.raises(InputError, read_image, folder).value)
+    for uid, description in (("1.2.826.0.1.3680043.8.498.11", "T2"),
+                             ("1.2.826.0.1.3680043.8.498.22", "T1")):
+        assert f"{uid} '{description}' (6 files)" in message
+
+
+@pytest.mark.parametrize("make", [bad_dicom_gap, bad_empty_folder, bad_two_series])
+def test_dicom_problems_print_no_itk_warnings(tmp_path, monkeypatch, capfd, make):
+    path, kwargs = make(tmp_path, monkeypatch)
+    with pytest.raises(InputError):
+        read_image(path, **kwargs)
+    assert "WARNING" not in capfd.readouterr().err
+
+
+def test_quiet_itk_restores_the_warning_setting():
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    try:
+        sitk.ProcessObject.SetGlobalWarningDisplay(True)
+        with pytest.raises(ValueError), dicom.quiet_itk():
+            assert sitk.ProcessObject.GetGlobalWarningDisplay() is False
+            raise ValueError("inside")
+        assert sitk.ProcessObject.GetGlobalWarningDisplay() is True
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
+def test_no_series_error_points_to_a_sub_folder(tmp_path):
+    (tmp_path / "case" / "DICOM").mkdir(parents=True)
+    message = str(dicom.no_series_error(tmp_path / "case", is_image_file=lambda name: False))
+    assert "holds no DICOM files" in message and "(it holds DICOM: pass the sub-folder" in message
+
+
+# --------------------------------------------------------------------------- good reads
+
+
+@pytest.mark.parametrize("direction", [AXIAL, SAGITTAL, OBLIQUE], ids=ORIENTATIONS)
+def test_dicom_series_reads_back_with_source_geometry(tmp_path, direction):
+    source = make_volume(spacing=(0.7, 0.9, 3.5), origin=(-101.5, 44.25, 12.0), direction=direction)
+    folder = tmp_path / "series"
+    write_dicom_series(source, folder, "1.2.826.0.1.3680043.8.498.55")
+    image = read_image(folder)
+    assert image.GetPixelID() == sitk.sitkFloat32
+    assert_same_geometry(image, source, 1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image),
+                                  sitk.GetArrayViewFromImage(source))
+
+
+def test_series_uid_selects_that_series(tmp_path, monkeypatch):
+    folder, _ = bad_two_series(tmp_path, monkeypatch)
+    series = {s.uid: s for s in list_dicom_series(folder)}
+    assert {(s.description, s.n_files) for s in series.values()} == {("T2", 6), ("T1", 6)}
+    assert all(Path(f).name.startswith("b") for f in series["1.2.826.0.1.3680043.8.498.22"].files)
+    image = read_image(folder, series_uid="1.2.826.0.1.3680043.8.498.22")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image),
+                                  sitk.GetArrayFromImage(make_volume(seed=1)))
+
+
+def test_module_api_header_then_pixels(tmp_path):
+    source = make_volume(spacing=(0.7, 0.9, 3.5), direction=OBLIQUE)
+    folder = tmp_path / "series"
+    write_dicom_series(source, folder, "1.2.826.0.1.3680043.8.498.77", description="T2 SPIR")
+    (found,) = dicom.list_dicom_series(folder)
+    assert isinstance(found, DicomSeries)
+    assert (found.description, found.n_files) == ("T2 SPIR", 6)
+    assert dicom.choose_series(folder, [found]) == found
+    header = dicom.read_series_header(folder, found)
+    assert header.size == (8, 7, 6) and header.components == 1
+    np.testing.assert_allclose(header.in_plane_spacing, (0.7, 0.9), atol=1e-6)
+    image = dicom.read_series(folder, found)
+    assert_same_geometry(image, source, 1e-5)
+
+
+def test_reexports_are_the_dicom_module_objects():
+    assert imageio.DicomSeries is dicom.DicomSeries
+    assert imageio.list_dicom_series is dicom.list_dicom_series
