@@ -1,7 +1,35 @@
 """LiverVolumetryLib: Slicer-free engine for liver segmentation, volumetry and radiomics on MRI.
 
-No ``slicer``, ``qt`` or ``vtk`` imports anywhere in this package: the 3D Slicer module
-and the command-line tool are thin shells over it.
+The public API, used by the command-line tool and the 3D Slicer module alike::
+
+    from LiverVolumetryLib import segment_liver, measure, read_image
+    image = read_image("scan.nii.gz")
+    result = segment_liver(image, device="auto", progress=print)   # result.mask: uint8 on image's grid
+    table = measure(image, result.mask, radiomics=True)            # {"volume_ml": ..., "original_...": ...}
+
+No ``slicer``, ``qt`` or ``vtk`` imports anywhere in this package. Names are imported
+lazily so that importing the package stays cheap (torch loads only when needed).
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_API = {
+    "segment_liver": "segment", "SegmentationResult": "segment",
+    "measure": "measure", "liver_volume_ml": "measure",
+    "read_image": "imageio", "read_mask": "imageio",
+    "load_bundle": "bundle", "default_bundle_dir": "bundle", "ModelBundle": "bundle",
+    "make_phantom": "phantom",
+    "run_segmentation": "batch",
+    "LiverVolumetryError": "errors", "InputError": "errors", "ModelBundleError": "errors", "CancelledError": "errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

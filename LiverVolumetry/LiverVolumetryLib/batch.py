@@ -1,0 +1,167 @@
+"""Cohort runs: segment and measure many cases, with a results table, resume and errors.
+
+Contract for ``OUTDIR``: ``<case>_liver.nii.gz``, ``<case>_liver.seg.nrrd``, ``<case>_qc.png``
+per case, and ``measurements.csv`` / ``measurements.json`` for the whole run. Every file
+is written atomically; the table is rewritten after each case, so an interrupted run
+keeps every finished case and a re-run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+from .bundle import ModelBundle, load_bundle
+from .errors import CancelledError, LiverVolumetryError
+from .inputs import InputCase
+from .reporting import Reporter
+
+LEADING_COLUMNS = ("case", "input", "volume_ml", "voxel_count")
+TRAILING_COLUMNS = ("model_name", "model_version", "device", "seconds", "status", "error")
+TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
+
+
+@dataclass(frozen=True)
+class CaseOutputs:
+    """The files one case writes into the output folder."""
+
+    mask: Path
+    segmentation: Path
+    qc: Path
+
+    @classmethod
+    def for_case(cls, out_dir: Path, case: str) -> "CaseOutputs":
+        return cls(out_dir / f"{case}_liver.nii.gz", out_dir / f"{case}_liver.seg.nrrd", out_dir / f"{case}_qc.png")
+
+    def all(self) -> tuple[Path, Path, Path]:
+        return self.mask, self.segmentation, self.qc
+
+
+def ordered_row(row: dict) -> dict:
+    """Put a row's columns in the table's canonical order (features in between)."""
+    lead = {k: row.get(k) for k in LEADING_COLUMNS}
+    trail = {k: row.get(k) for k in TRAILING_COLUMNS}
+    middle = {k: v for k, v in row.items() if k not in lead and k not in trail}
+    return {**lead, **middle, **trail}
+
+
+class ResultsTable:
+    """Rows keyed by case, kept on disk after every change (atomic CSV + JSON)."""
+
+    def __init__(self, out_dir: Path):
+        from .outputs import read_measurements
+
+        self.out_dir = out_dir
+        self.existed = (out_dir / TABLE_JSON).is_file()
+        self.rows: dict[str, dict] = {str(r.get("case")): r for r in read_measurements(out_dir / TABLE_JSON)}
+
+    def finished(self, case: str) -> bool:
+        return self.rows.get(case, {}).get("status") == "ok"
+
+    def put(self, row: dict) -> None:
+        self.rows[str(row["case"])] = ordered_row(row)
+        self.save()
+
+    def save(self) -> None:
+        from .outputs import write_measurements
+
+        # A run in which nothing worked writes no table of its own (no partial output).
+        if not self.existed and not any(r.get("status") == "ok" for r in self.rows.values()):
+            return
+        rows = sorted(self.rows.values(), key=lambda r: r.get("status") != "ok")
+        write_measurements(rows, self.out_dir / TABLE_CSV, self.out_dir / TABLE_JSON, overwrite=True)
+        self.existed = True
+
+
+def _finite(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: str, radiomics: bool,
+                 overwrite: bool, reporter: Reporter, cancel=None) -> dict:
+    """Segment, measure and write one case; returns its table row (raises on failure)."""
+    from .imageio import read_image
+    from .measure import measure
+    from .outputs import write_mask, write_segmentation
+    from .qc import write_qc_png
+    from .segment import segment_liver
+
+    outputs = CaseOutputs.for_case(out_dir, item.case)
+    if not overwrite:
+        for path in outputs.all():
+            if path.exists():
+                raise LiverVolumetryError(f"{path}: already exists (use --overwrite to replace it)")
+    start = time.perf_counter()
+
+    def stage(lo: float, hi: float):
+        return lambda fraction, name: reporter.progress(item.case, lo + (hi - lo) * fraction, name)
+
+    stage(0, 1)(0.0, "load")
+    image = read_image(item.path, item.series_uid)
+    result = segment_liver(image, bundle, device, progress=stage(0.05, 0.7), cancel=cancel)
+    if not sitk.GetArrayViewFromImage(result.mask).any():
+        raise LiverVolumetryError(f"{item.path}: no liver found in this image")
+    stage(0, 1)(0.7, "measure")
+    values = measure(image, result.mask, radiomics=radiomics, progress=stage(0.7, 0.92))
+    if cancel is not None and cancel():
+        raise CancelledError()
+    stage(0, 1)(0.92, "write")
+    title = f"{item.case}: liver {values['volume_ml']:.0f} mL ({bundle.name} {bundle.version})"
+    # All three files are written to temporary names first and renamed together at the
+    # end, so an interruption leaves either all of a case's files or none.
+    with contextlib.ExitStack() as stack:
+        mask_tmp, seg_tmp, qc_tmp = (stack.enter_context(atomic_path(p, overwrite=overwrite)) for p in outputs.all())
+        write_mask(result.mask, mask_tmp)
+        write_segmentation(result.mask, seg_tmp)
+        write_qc_png(image, result.mask, qc_tmp, title=title)
+    return {"case": item.case, "input": str(item.path), **{k: _finite(v) for k, v in values.items()},
+            "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
+            "seconds": round(time.perf_counter() - start, 2), "status": "ok", "error": None}
+
+
+def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,
+                     device: str = "auto", radiomics: bool = True, overwrite: bool = False,
+                     reporter: Reporter | None = None, cancel=None) -> list[dict]:
+    """Run every case; a failing case is recorded and the run goes on. Returns the rows."""
+    from .segment import resolve_device
+
+    reporter = reporter or Reporter()
+    out_dir = Path(out_dir)
+    bundle = load_bundle(model)
+    device = resolve_device(device)
+    table = ResultsTable(out_dir)
+    rows = []
+    reporter.start(len(cases))
+    try:
+        for item in cases:
+            if not overwrite and table.finished(item.case) and all(p.exists() for p in CaseOutputs.for_case(out_dir, item.case).all()):
+                reporter.case_done(item.case, "skipped", "already done (use --overwrite to redo)", 0.0)
+                rows.append(table.rows[item.case])
+                continue
+            start = time.perf_counter()
+            try:
+                row = process_case(item, out_dir, bundle, device, radiomics, overwrite, reporter, cancel)
+            except CancelledError:
+                raise
+            except LiverVolumetryError as error:
+                row = {"case": item.case, "input": str(item.path), "model_name": bundle.name,
+                       "model_version": bundle.version, "device": device,
+                       "seconds": round(time.perf_counter() - start, 2), "status": "failed", "error": str(error)}
+            except (RuntimeError, ValueError, OSError, MemoryError) as error:  # unexpected, but keep the cohort going
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                row = {"case": item.case, "input": str(item.path), "model_name": bundle.name,
+                       "model_version": bundle.version, "device": device,
+                       "seconds": round(time.perf_counter() - start, 2), "status": "failed",
+                       "error": f"{item.path}: {type(error).__name__}: {first}"}
+            table.put(row)
+            rows.append(table.rows[item.case])
+            reporter.case_done(item.case, row["status"], row["error"], row["seconds"])
+    finally:
+        reporter.close()
+    return rows

@@ -1,0 +1,206 @@
+"""``livervolumetry``: liver segmentation, volumetry and radiomics on MRI from the shell.
+
+    livervolumetry segment scan.nii.gz dicom_folder/ cohort.csv -o results/
+    livervolumetry measure scan.nii.gz corrected_liver.nii.gz -o results/
+    livervolumetry demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import LiverVolumetryError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore")
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+
+
+def cmd_segment(args) -> int:
+    from .batch import run_segmentation
+    from .inputs import collect_inputs
+    from .reporting import make_reporter
+
+    cases = collect_inputs(args.inputs, series_uid=args.series)
+    reporter = make_reporter(args.progress)
+    rows = run_segmentation(cases, args.output, model=args.model, device=args.device,
+                            radiomics=not args.no_radiomics, overwrite=args.overwrite, reporter=reporter)
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if args.progress != "json":
+        done = [r for r in rows if r.get("status") == "ok"]
+        for row in done:
+            print(f"{row['case']}: liver volume {row['volume_ml']:.1f} mL")
+        if failed:
+            print(f"{len(failed)} of {len(rows)} case(s) failed; see {Path(args.output) / 'measurements.csv'}"
+                  if done or any(r.get('status') == 'ok' for r in rows) else f"{len(failed)} case(s) failed",
+                  file=sys.stderr)
+        if len(rows) == 1 and failed:
+            print(f"livervolumetry: error: {failed[0]['error']}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_measure(args) -> int:
+    from .batch import ResultsTable
+    from .imageio import case_id, read_image, read_mask
+    from .measure import measure
+
+    from .reporting import make_reporter
+
+    case = args.case or case_id(args.image)
+    reporter = make_reporter(args.progress)
+    reporter.progress(case, 0.0, "load")
+    image = read_image(args.image, args.series)
+    mask = read_mask(args.mask, reference=image, label=args.label)
+    try:
+        values = measure(image, mask, radiomics=not args.no_radiomics,
+                         progress=lambda fraction, stage: reporter.progress(case, 0.05 + 0.9 * fraction, stage))
+    except LiverVolumetryError as error:  # measure() knows no file names: add the mask's
+        raise LiverVolumetryError(f"{args.mask}: {error}") from None
+    finally:
+        reporter.close()
+    row = {"case": case, "input": str(args.image), "mask": str(args.mask), **values, "status": "ok", "error": None}
+    say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
+    say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +
+          (f", {len(values) - 2} radiomics features" if not args.no_radiomics else ""))
+    if args.output:
+        table = ResultsTable(Path(args.output))
+        if case in table.rows and not args.overwrite:
+            raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
+                                      f"'{case}' (use --overwrite to replace it)")
+        table.put(row)
+        say(f"wrote {Path(args.output) / 'measurements.csv'}")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .batch import run_segmentation
+    from .inputs import InputCase
+    from .outputs import write_mask
+    from .phantom import make_phantom
+    from .reporting import make_reporter
+
+    out = Path(args.output)
+    image_path, truth_path = out / "phantom_image.nii.gz", out / "phantom_reference_liver.nii.gz"
+    if not image_path.exists() or args.overwrite:
+        import SimpleITK as sitk
+
+        from .atomic import atomic_path
+
+        print(f"generating a synthetic portal-venous MRI phantom (seed {args.seed}) in {out}/")
+        phantom = make_phantom(args.seed)
+        with atomic_path(image_path) as tmp:
+            sitk.WriteImage(phantom.image, str(tmp), True)
+        write_mask(phantom.liver, truth_path)
+    rows = run_segmentation([InputCase("phantom", image_path)], out, model=args.model, device=args.device,
+                            radiomics=not args.no_radiomics, overwrite=args.overwrite,
+                            reporter=make_reporter(args.progress))
+    row = rows[0]
+    if row.get("status") == "failed":
+        raise LiverVolumetryError(row["error"])
+    from .imageio import read_mask
+    from .measure import liver_volume_ml
+
+    reference = read_mask(truth_path)
+    predicted = read_mask(out / "phantom_liver.nii.gz", reference=reference)
+    import numpy as np
+    import SimpleITK as sitk
+
+    a, b = sitk.GetArrayViewFromImage(reference) > 0, sitk.GetArrayViewFromImage(predicted) > 0
+    dice = 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+    features = sum(1 for k in row if k.startswith("original_"))
+    print(f"liver volume {row['volume_ml']:.1f} mL (phantom truth {liver_volume_ml(reference):.1f} mL), "
+          f"Dice {dice:.3f} against the phantom's true liver, {features} radiomics features, "
+          f"{row['seconds']:.1f} s on {row['device']}")
+    print(f"outputs in {out}/: phantom_liver.nii.gz, phantom_liver.seg.nrrd, phantom_qc.png, measurements.csv")
+    return EXIT_OK
+
+
+def cmd_model(args) -> int:
+    import json
+
+    from .bundle import load_bundle
+
+    bundle = load_bundle(args.model)
+    meta = bundle.metadata
+    print(f"{bundle.name} {bundle.version} ({bundle.path})\nsha256 {bundle.sha256} (verified)")
+    for key in ("description", "training", "validation"):
+        if meta.get(key):
+            value = meta[key] if key != "training" else {k: v for k, v in meta[key].items() if k != "recipe"}
+            print(f"{key}: {json.dumps(value, indent=2)}")
+    return EXIT_OK
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "gpu"),
+                        help="auto uses a CUDA GPU when present")
+    parser.add_argument("--no-radiomics", action="store_true", help="only the liver volume, no radiomics features")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip finished cases)")
+    parser.add_argument("--progress", default="auto", choices=("auto", "bar", "text", "json", "none"),
+                        help="progress display; 'json' prints one JSON event per line on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="livervolumetry", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    seg = sub.add_parser("segment", help="segment the liver and measure it for one or many scans")
+    seg.add_argument("inputs", nargs="+", help="image files (.nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd), DICOM series "
+                                               "folders, folders of images, or a CSV manifest (column 'image')")
+    seg.add_argument("-o", "--output", required=True, help="output folder")
+    seg.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several series")
+    _common(seg)
+    seg.set_defaults(func=cmd_segment)
+    mea = sub.add_parser("measure", help="volume and radiomics of a (hand-corrected) liver mask")
+    mea.add_argument("image")
+    mea.add_argument("mask", help="liver mask on the image's grid (.nii.gz, .nrrd, .seg.nrrd, ...)")
+    mea.add_argument("-o", "--output", help="output folder for measurements.csv/json (default: print only)")
+    mea.add_argument("--case", help="case name in the table (default: image file name)")
+    mea.add_argument("--label", type=int, help="liver label value in the mask (default: any non-zero)")
+    mea.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several series")
+    mea.add_argument("--no-radiomics", action="store_true")
+    mea.add_argument("--overwrite", action="store_true", help="replace this case's row if the table has one")
+    mea.add_argument("--progress", default="none", choices=("none", "text", "json"),
+                     help="'json' prints one JSON progress event per line on stdout")
+    mea.set_defaults(func=cmd_measure)
+    demo = sub.add_parser("demo", help="generate a phantom MRI and run everything on it (no data needed)")
+    demo.add_argument("-o", "--output", default="livervolumetry-demo")
+    demo.add_argument("--seed", type=int, default=0)
+    _common(demo)
+    demo.set_defaults(func=cmd_demo)
+    model = sub.add_parser("model", help="show the model bundle's card (and verify its checksum)")
+    model.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    model.set_defaults(func=cmd_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except LiverVolumetryError as error:
+        print(f"livervolumetry: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("livervolumetry: interrupted; finished cases are kept, re-run to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("livervolumetry: error: out of memory while processing (try a smaller image or a machine with more memory)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
