@@ -1,0 +1,401 @@
+"""Liver Volumetry: automatic liver segmentation, volumetry and radiomics on abdominal MRI.
+
+Slicer glue only. The work is done by the Slicer-free engine ``LiverVolumetryLib``, run as a
+background ``PythonSlicer -m LiverVolumetryLib.cli`` process (see LiverVolumetrySlicerLib).
+"""
+
+import logging
+import os
+import pathlib
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from LiverVolumetrySlicerLib import dependencies, engine_cli, jobs, sample, segmentation_io, table
+from LiverVolumetrySlicerLib.process import EngineProcess
+
+CITATIONS = """
+<p>Method: Gross M, et al. Automated MRI liver segmentation for anatomical segmentation, liver volumetry,
+and the extraction of radiomics. Eur Radiol. 2024. doi:10.1007/s00330-023-10495-5 (Volumetry-Net).</p>
+<p>Training data: CHAOS challenge, Kavur AE, et al. CHAOS Challenge - combined (CT-MR) healthy abdominal
+organ segmentation. Med Image Anal. 2021;69:101950. doi:10.1016/j.media.2020.101950.
+Data license CC BY-SA 4.0.</p>
+"""
+
+
+class LiverVolumetry(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Liver Volumetry"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LiverVolumetry contributors"]
+        self.parent.helpText = """
+Segments the liver on abdominal MRI with a 3D U-Net, measures its volume (mL) and, optionally,
+pyradiomics features. Select the input volume and click <b>Segment liver</b>; the work runs in the
+background and can be cancelled. Correct the result with <b>Edit in Segment Editor</b>, then click
+<b>Update measurements</b>. <b>Load sample phantom</b> generates a synthetic MRI to try the module.
+Not a medical device: review every segmentation.
+"""
+        self.parent.acknowledgementText = CITATIONS
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add the locally generated liver phantom to the Sample Data module."""
+    sample.register_sample_data(os.path.join(os.path.dirname(__file__), "Resources", "Icons"))
+
+
+@parameterNodeWrapper
+class LiverVolumetryParameterNode:
+    """GUI state: input, output, device, model choice and radiomics switch."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    device: Annotated[str, Choice(list(engine_cli.DEVICES)), Default("auto")]
+    computeRadiomics: Annotated[bool, Default(True)]
+    useCustomModel: bool
+    customModelPath: pathlib.Path
+
+
+class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._modelInfoKey = ()  # model folder whose description is shown (() = none yet)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LiverVolumetry.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LiverVolumetryLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self.ui.updateMeasurementsButton.connect("clicked(bool)", self.onUpdateMeasurementsButton)
+        self.ui.exportTableButton.connect("clicked(bool)", self.onExportTableButton)
+        self.ui.loadPhantomButton.connect("clicked(bool)", self.onLoadPhantomButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.logic.cancel()
+        self.removeObservers()
+        self.setParameterNode(None)
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node) -> None:
+        """Select the volume loaded last as input (labelmaps and our own nodes excepted)."""
+        if self._parameterNode is None or self.logic.busy or not _isImageVolume(node):
+            return
+        self._parameterNode.inputVolume = node
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if _isImageVolume(node)]
+            if volumes:
+                self._parameterNode.inputVolume = volumes[-1]
+
+    def setParameterNode(self, inputParameterNode: Optional[LiverVolumetryParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets carry a "SlicerParameterName" property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.updateButtons()
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        """Enable what can be done now; the segment button doubles as Cancel while busy."""
+        node = self._parameterNode
+        busy = self.logic.busy
+        volume, segmentation = (node.inputVolume, node.outputSegmentation) if node else (None, None)
+        hasLiver = bool(volume and segmentation and segmentation_io.liver_segment_id(segmentation))
+        self.ui.segmentButton.enabled = busy or bool(volume)
+        self.ui.segmentButton.text = "Cancel" if busy else "Segment liver"
+        self.ui.editButton.enabled = hasLiver and not busy
+        self.ui.updateMeasurementsButton.enabled = hasLiver and not busy
+        self.ui.exportTableButton.enabled = bool(segmentation and table.table_for_segmentation(segmentation, create=False))
+        self.ui.loadPhantomButton.enabled = not busy
+        self.ui.modelPathLineEdit.enabled = bool(node and node.useCustomModel)
+        self._updateModelInfo()
+
+    def _updateModelInfo(self) -> None:
+        key = self._modelDir() if self._parameterNode else None
+        if key == self._modelInfoKey:
+            return
+        self._modelInfoKey = key
+        self.ui.modelInfoLabel.text = self.logic.modelDescription(key)
+
+    def _modelDir(self) -> Optional[str]:
+        node = self._parameterNode
+        if not node.useCustomModel:
+            return None
+        path = str(node.customModelPath)
+        return "" if path in ("", ".") else path
+
+    def _selectedInputs(self):
+        node = self._parameterNode
+        if not node.inputVolume:
+            raise RuntimeError("Select the MRI volume to segment first.")
+        modelDir = self._modelDir()
+        if modelDir == "":
+            raise RuntimeError("Choose the folder of your model bundle, or untick 'Own model bundle'.")
+        return node.inputVolume, modelDir
+
+    def _runSafely(self, what: str, action) -> None:
+        """Run ``action``; show failures in plain words with an error dialog."""
+        try:
+            action()
+        except (RuntimeError, ValueError, OSError, dependencies.DependencyError) as error:
+            self.ui.progressBar.format = "Failed"
+            slicer.util.errorDisplay(f"{what} failed: {error}")
+        except Exception as error:  # noqa: BLE001 - anything else is a bug: show it, log the trace
+            logging.exception("LiverVolumetry: %s failed", what)
+            self.ui.progressBar.format = "Failed"
+            slicer.util.errorDisplay(f"{what} failed because of an unexpected error: {error}")
+        finally:
+            self.updateButtons()
+
+    def onSegmentButton(self) -> None:
+        if self.logic.busy:
+            self._log("Cancelling...")
+            self.logic.cancel()
+            return
+        self._runSafely("Liver segmentation", self._startSegmentation)
+
+    def _startSegmentation(self) -> None:
+        volume, modelDir = self._selectedInputs()
+        node = self._parameterNode
+        if not dependencies.ensure(node.computeRadiomics):
+            return
+        segmentation = node.outputSegmentation
+        if segmentation is None:
+            segmentation = self.logic.createSegmentation(volume)
+        elif segmentation_io.was_edited(segmentation, volume) and not slicer.util.confirmYesNoDisplay(
+                f"The 'Liver' segment of '{segmentation.GetName()}' was edited (or not made by this module).\n\n"
+                "Replace it with a new automatic segmentation?\n\n"
+                "Yes: replace it.  No: keep it and put the new result into a new segmentation.",
+                windowTitle="Keep the edited liver?"):
+            segmentation = self.logic.createSegmentation(volume)
+        node.outputSegmentation = segmentation
+        self._started(f"Segmenting the liver of '{volume.GetName()}'...")
+        self.logic.startSegmentation(volume, segmentation, node.device, modelDir, node.computeRadiomics,
+                                     onProgress=self._onProgress, onLog=self._log, onDone=self._onDone)
+
+    def onUpdateMeasurementsButton(self) -> None:
+        def start():
+            node = self._parameterNode
+            if not dependencies.ensure(node.computeRadiomics):
+                return
+            self._started("Measuring the current liver segment...")
+            self.logic.startMeasurement(node.inputVolume, node.outputSegmentation, node.computeRadiomics,
+                                        onProgress=self._onProgress, onLog=self._log, onDone=self._onDone)
+        self._runSafely("Updating the measurements", start)
+
+    def onEditButton(self) -> None:
+        node = self._parameterNode
+        self._runSafely("Opening the Segment Editor",
+                        lambda: self.logic.openInSegmentEditor(node.outputSegmentation, node.inputVolume))
+
+    def onExportTableButton(self) -> None:
+        def export():
+            tableNode = table.table_for_segmentation(self._parameterNode.outputSegmentation, create=False)
+            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export measurement table",
+                                                  f"{tableNode.GetName()}.csv", "CSV files (*.csv)")
+            if path:
+                table.export_table(tableNode, path)
+                self._log(f"Table written to {path}")
+        self._runSafely("Exporting the table", export)
+
+    def onLoadPhantomButton(self) -> None:
+        def load():
+            if dependencies.ensure(radiomics=False, torch=False):  # the phantom needs scipy
+                self._parameterNode.inputVolume = sample.load_phantom()
+        self._runSafely("Loading the sample phantom", load)
+
+    def _started(self, message: str) -> None:
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.format = "Starting: 0%"
+        self.ui.resultLabel.text = ""
+        self._log(message)
+        self.updateButtons()
+
+    def _onProgress(self, text: str, percent: int) -> None:
+        self.ui.progressBar.value = percent
+        self.ui.progressBar.format = text
+
+    def _log(self, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+
+    def _onDone(self, success: bool, message: str, cancelled: bool) -> None:
+        self.updateButtons()
+        if success:
+            self.ui.progressBar.value = 100
+            self.ui.progressBar.format = "Done"
+            self.ui.resultLabel.text = message
+            self._log(message)
+        elif cancelled:
+            self.ui.progressBar.format = "Cancelled"
+            self._log("Cancelled; nothing was changed.")
+        else:
+            self.ui.progressBar.format = "Failed"
+            self._log(message)
+            slicer.util.errorDisplay(message)
+
+
+def _isImageVolume(node) -> bool:
+    return bool(node and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+                and not (node.GetName() or "").startswith("__"))
+
+
+class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
+    """Runs the engine out of process and brings its results into the scene."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.process: Optional[EngineProcess] = None
+
+    def getParameterNode(self):
+        return LiverVolumetryParameterNode(super().getParameterNode())
+
+    @property
+    def busy(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def cancel(self) -> None:
+        if self.process is not None:
+            self.process.cancel()
+
+    def modelDescription(self, modelDir: Optional[str]) -> str:
+        """'Model: liver-mri-v1 1.0' or why the bundle cannot be used (never raises)."""
+        if modelDir == "":
+            return "Choose the folder of a model bundle."
+        try:
+            from LiverVolumetryLib.bundle import load_bundle
+            bundle = load_bundle(modelDir)
+        except Exception as error:  # noqa: BLE001 - shown to the user as text
+            return f"Model not usable: {error}"
+        return f"Model: {bundle.name} {bundle.version}"
+
+    def createSegmentation(self, volume):
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} liver")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        return segmentation
+
+    def startSegmentation(self, volume, segmentation, device="auto", modelDir=None, radiomics=True,
+                          onProgress=None, onLog=None, onDone=None) -> EngineProcess:
+        """Segment ``volume`` in the background; the 'Liver' segment and table update at the end."""
+        self.process = jobs.start_segmentation(volume, segmentation, device, modelDir, radiomics,
+                                               onProgress, onLog, onDone)
+        return self.process
+
+    def startMeasurement(self, volume, segmentation, radiomics=True, onProgress=None, onLog=None,
+                         onDone=None) -> EngineProcess:
+        """Recompute the table from the current (hand-corrected) 'Liver' segment, no network."""
+        self.process = jobs.start_measurement(volume, segmentation, radiomics, onProgress, onLog, onDone)
+        return self.process
+
+    def runBlocking(self, start, timeoutSeconds=3600.0) -> str:
+        """Call ``start(onDone=...)`` and wait for the end (for tests and scripts)."""
+        result = {}
+        process = start(onDone=lambda success, message, cancelled: result.update(success=success, message=message))
+        process.wait(timeoutSeconds)
+        if not result.get("success"):
+            raise RuntimeError(result.get("message", "the engine did not finish"))
+        return result["message"]
+
+    def openInSegmentEditor(self, segmentation, volume) -> None:
+        """Switch to the Segment Editor with this segmentation, volume and the liver selected."""
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.util.getModuleWidget("SegmentEditor").editor
+        editor.setSegmentationNode(segmentation)
+        if hasattr(editor, "setSourceVolumeNode"):
+            editor.setSourceVolumeNode(volume)
+        else:  # Slicer < 5.2
+            editor.setMasterVolumeNode(volume)
+        segmentId = segmentation_io.liver_segment_id(segmentation)
+        if segmentId:
+            editor.setCurrentSegmentID(segmentId)
+
+
+class LiverVolumetryTest(ScriptedLoadableModuleTest):
+    """The whole workflow on the generated phantom: segment, check, edit, re-measure."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_LiverVolumetryWorkflow()
+
+    def test_LiverVolumetryWorkflow(self):
+        self.delayDisplay("Checking dependencies")
+        self.assertTrue(dependencies.ensure(radiomics=True))
+        logic = LiverVolumetryLogic()
+        volume, truth = sample.load_phantom(with_truth=True)
+
+        self.delayDisplay("Segmenting the phantom")
+        segmentation = logic.createSegmentation(volume)
+        logic.runBlocking(lambda onDone: logic.startSegmentation(volume, segmentation, "cpu", onDone=onDone))
+        segmentId = segmentation_io.liver_segment_id(segmentation)
+        self.assertTrue(segmentId, "no 'Liver' segment")
+        predicted = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume) > 0
+        reference = slicer.util.arrayFromVolume(truth) > 0
+        dice = 2.0 * (predicted & reference).sum() / max(1, predicted.sum() + reference.sum())
+        self.assertGreater(dice, 0.8)
+
+        tableNode = table.table_for_segmentation(segmentation, create=False)
+        volumeBefore = table.value(tableNode, "volume_ml")
+        self.assertGreater(volumeBefore, 0)
+        self.assertIsNotNone(table.value(tableNode, "original_shape_MeshVolume"))
+        self.assertEqual(table.value(tableNode, "source"), "automatic")
+        self.assertFalse(segmentation_io.was_edited(segmentation, volume))
+
+        self.delayDisplay("Erasing half of the liver and re-measuring")
+        edited = predicted.astype("uint8")
+        edited[:, :, : edited.shape[2] // 2] = 0
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segmentId, volume)
+        self.assertTrue(segmentation_io.was_edited(segmentation, volume))
+        logic.runBlocking(lambda onDone: logic.startMeasurement(volume, segmentation, False, onDone=onDone))
+        volumeAfter = table.value(tableNode, "volume_ml")
+        self.assertLess(volumeAfter, volumeBefore)
+        self.assertGreater(volumeAfter, 0)
+        self.assertEqual(table.value(tableNode, "source"), "edited")
+        self.delayDisplay("Test passed")

@@ -1,0 +1,114 @@
+"""First-use check and installation of the Python packages the engine needs inside Slicer.
+
+Torch comes from the PyTorch extension (``PyTorchUtils``), which picks the build that
+matches the computer's GPU driver; the other packages are installed with
+``slicer.util.pip_install`` after the user agrees. Nothing is downloaded when everything is
+already importable, so the module works offline once set up. ``slicer`` is imported
+inside the functions only: the requirement lists are checked in CI without Slicer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+# (import name, pip requirement). numpy and SimpleITK ship with Slicer.
+REQUIREMENTS = (
+    ("monai", "monai>=1.3"),
+    ("safetensors", "safetensors>=0.4"),
+    ("slicerio", "slicerio>=1.1"),
+    ("scipy", "scipy>=1.10"),
+    ("matplotlib", "matplotlib>=3.7"),
+    ("tqdm", "tqdm>=4.60"),
+    ("yaml", "PyYAML>=6"),
+)
+RADIOMICS = ("radiomics", "pyradiomics>=3.0.1")
+# pyradiomics has no wheels for recent Pythons and its source build fails in pip's build
+# isolation: its build requirements are installed first, then it is built without isolation.
+RADIOMICS_BUILD_REQUIREMENTS = "numpy setuptools wheel versioneer"
+TORCH_REQUIREMENT = ">=2.2"
+
+
+class DependencyError(RuntimeError):
+    """A package is missing and could not be installed; the message says how to fix it."""
+
+
+def missing(radiomics: bool = True) -> list[tuple[str, str]]:
+    """Requirements whose package cannot be imported (checked without importing it)."""
+    wanted = list(REQUIREMENTS) + ([RADIOMICS] if radiomics else [])
+    return [(name, requirement) for name, requirement in wanted if importlib.util.find_spec(name) is None]
+
+
+def torch_missing() -> bool:
+    return importlib.util.find_spec("torch") is None
+
+
+def _install_torch() -> None:
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise DependencyError(
+            "Liver Volumetry needs the 'PyTorch' extension. Install it with the Extensions Manager "
+            "(View > Extensions Manager, search 'PyTorch'), restart Slicer and try again.") from None
+    torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+    if torch_logic.torchInstalled():
+        return
+    torch = torch_logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+    if torch is None:
+        raise DependencyError(
+            "PyTorch was not installed, so the liver cannot be segmented. Install it from the "
+            "'PyTorch Utils' module or click 'Segment liver' again to retry.")
+
+
+def _pip(arguments: str, what: str, fix: str) -> None:
+    import slicer
+
+    try:
+        slicer.util.pip_install(arguments)
+    except Exception as error:  # noqa: BLE001 - pip failures come as several exception types
+        logging.error("LiverVolumetry: pip_install(%r) failed: %s", arguments, error)
+        raise DependencyError(f"Installing {what} failed. {fix} Details are in the Python console log.") from None
+
+
+def _install_packages(requirements: list[tuple[str, str]]) -> None:
+    plain = [requirement for name, requirement in requirements if name != RADIOMICS[0]]
+    if plain:
+        _pip(" ".join(plain), ", ".join(plain),
+             "Check the internet connection (or proxy settings) and try again.")
+    if any(name == RADIOMICS[0] for name, _ in requirements):
+        _pip(RADIOMICS_BUILD_REQUIREMENTS, "the build tools of pyradiomics",
+             "Check the internet connection and try again.")
+        _pip(f"--no-build-isolation {RADIOMICS[1]}", "pyradiomics",
+             "pyradiomics is compiled on this computer: it needs a C compiler (on Windows the "
+             "'Microsoft C++ Build Tools'). Alternatively untick 'Radiomics features' to measure "
+             "the liver volume only.")
+    importlib.invalidate_caches()
+
+
+def ensure(radiomics: bool = True, torch: bool = True) -> bool:
+    """Make sure torch (if ``torch``) and the engine's packages are importable; ask first.
+
+    Returns False if the user declined; raises :class:`DependencyError` on failure.
+    """
+    import slicer
+
+    if torch and torch_missing():
+        _install_torch()
+    needed = missing(radiomics)
+    if not needed:
+        return True
+    names = ", ".join(requirement for _, requirement in needed)
+    if not slicer.util.confirmOkCancelDisplay(
+            "Liver Volumetry needs these Python packages, which are not installed yet:\n\n"
+            f"{names}\n\nInstall them now? This downloads them from the internet once and may take "
+            "a few minutes; Slicer is busy meanwhile.",
+            windowTitle="Install Liver Volumetry dependencies"):
+        return False
+    with slicer.util.WaitCursor():
+        _install_packages(needed)
+    still = missing(radiomics)
+    if still:
+        raise DependencyError(
+            "These packages are still missing after installation: "
+            f"{', '.join(r for _, r in still)}. Restart Slicer and try again.")
+    return True

@@ -1,0 +1,160 @@
+"""Move images and liver masks between the MRML scene and files for the engine.
+
+Everything stays on the input volume's grid: the segmentation's reference geometry is the
+input volume, masks are exported with that volume as reference, and an imported mask is a
+labelmap written by the engine on the input grid. A checksum of the liver segment written
+by the module is stored on the segmentation node so that later hand edits are detected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import slicer
+import vtk
+
+from .engine_cli import labelmap_checksum
+
+SEGMENT_NAME = "Liver"
+# Liver colour of Slicer's anatomy colour tables, and the standard (SNOMED CT) terminology.
+LIVER_COLOR = (221 / 255.0, 130 / 255.0, 101 / 255.0)
+LIVER_TERMINOLOGY = (
+    "Segmentation category and type - DICOM master list"
+    "~SCT^123037004^Anatomical Structure"
+    "~SCT^10200004^Liver"
+    "~^^"
+    "~Anatomic codes - DICOM master list"
+    "~^^"
+    "~^^"
+)
+CHECKSUM_ATTRIBUTE = "LiverVolumetry.LiverChecksum"
+MODEL_ATTRIBUTE_PREFIX = "LiverVolumetry."
+
+
+def liver_segment_id(segmentation_node) -> str:
+    """ID of the segment named 'Liver' (case-insensitive); empty string if there is none."""
+    return segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
+
+
+def _style_liver_segment(segmentation_node, segment_id: str) -> None:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    segment.SetName(SEGMENT_NAME)
+    segment.SetColor(LIVER_COLOR)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), LIVER_TERMINOLOGY)
+
+
+def _ensure_liver_segment(segmentation_node) -> str:
+    segment_id = liver_segment_id(segmentation_node)
+    if not segment_id:
+        segment_id = segmentation_node.GetSegmentation().AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME, LIVER_COLOR)
+    return segment_id
+
+
+def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume) -> str:
+    """Replace the 'Liver' segment by the engine's mask file; return the segment ID."""
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    segmentation_node.CreateDefaultDisplayNodes()
+    segment_id = _ensure_liver_segment(segmentation_node)
+    labelmap = slicer.util.loadLabelVolume(str(mask_file), {"show": False, "name": "__LiverVolumetryMask__"})
+    try:
+        segment_ids = vtk.vtkStringArray()
+        segment_ids.InsertNextValue(segment_id)
+        logic = slicer.modules.segmentations.logic()
+        if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, segment_ids):
+            raise RuntimeError(f"Slicer could not import the liver mask {mask_file} into the segmentation.")
+    finally:
+        slicer.mrmlScene.RemoveNode(labelmap)
+    _style_liver_segment(segmentation_node, segment_id)
+    segmentation_node.CreateClosedSurfaceRepresentation()
+    remember_written_segment(segmentation_node, reference_volume)
+    return segment_id
+
+
+def segment_checksum(segmentation_node, reference_volume) -> str:
+    """Checksum of the current 'Liver' segment voxels on the reference volume's grid."""
+    segment_id = liver_segment_id(segmentation_node)
+    if not segment_id:
+        return ""
+    array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume)
+    return labelmap_checksum(array)
+
+
+def remember_written_segment(segmentation_node, reference_volume) -> None:
+    """Store the checksum of the segment as the module wrote it (see :func:`was_edited`)."""
+    segmentation_node.SetAttribute(CHECKSUM_ATTRIBUTE, segment_checksum(segmentation_node, reference_volume))
+
+
+def was_edited(segmentation_node, reference_volume) -> bool:
+    """True if the 'Liver' segment differs from what the module last wrote into it.
+
+    A segmentation the module never wrote counts as edited when it has a 'Liver' segment
+    (it came from elsewhere and must not be overwritten silently).
+    """
+    if segmentation_node is None or not liver_segment_id(segmentation_node):
+        return False
+    stored = segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE)
+    return not stored or stored != segment_checksum(segmentation_node, reference_volume)
+
+
+def set_provenance(segmentation_node, values: dict) -> None:
+    """Remember model name/version/device of the automatic run on the segmentation node."""
+    for key, value in values.items():
+        if value is not None:
+            segmentation_node.SetAttribute(MODEL_ATTRIBUTE_PREFIX + key, str(value))
+
+
+def get_provenance(segmentation_node, keys) -> dict:
+    """Values stored by :func:`set_provenance` (missing keys are left out)."""
+    values = {}
+    for key in keys:
+        value = segmentation_node.GetAttribute(MODEL_ATTRIBUTE_PREFIX + key)
+        if value:
+            values[key] = value
+    return values
+
+
+def export_liver_mask(segmentation_node, reference_volume, path: str | Path) -> None:
+    """Write the 'Liver' segment as a labelmap file on the reference volume's grid."""
+    segment_id = liver_segment_id(segmentation_node)
+    if not segment_id:
+        raise RuntimeError(f"The segmentation '{segmentation_node.GetName()}' has no '{SEGMENT_NAME}' segment.")
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__LiverVolumetryExport__")
+    try:
+        segment_ids = vtk.vtkStringArray()
+        segment_ids.InsertNextValue(segment_id)
+        logic = slicer.modules.segmentations.logic()
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, labelmap, reference_volume):
+            raise RuntimeError("Slicer could not export the liver segment to a labelmap.")
+        if not slicer.util.saveNode(labelmap, str(path), {}):
+            raise RuntimeError(f"Slicer could not write the liver mask to {path}.")
+    finally:
+        display = labelmap.GetDisplayNode()
+        if display is not None and display.GetColorNode() is not None:
+            slicer.mrmlScene.RemoveNode(display.GetColorNode())
+        slicer.mrmlScene.RemoveNode(labelmap)
+
+
+def save_volume(volume_node, path: str | Path) -> None:
+    """Write the volume to a file for the engine without touching the node's storage.
+
+    ``slicer.util.exportNode`` (newer Slicer) leaves the node's storage node alone;
+    older versions fall back to ``saveNode``.
+    """
+    if hasattr(slicer.util, "exportNode"):
+        success = slicer.util.exportNode(volume_node, str(path), {})
+    else:
+        success = slicer.util.saveNode(volume_node, str(path), {})
+    if not success:
+        raise RuntimeError(f"Slicer could not write the volume '{volume_node.GetName()}' to {path}.")
+
+
+def place_under_study(data_node, volume_node) -> None:
+    """Put ``data_node`` next to ``volume_node`` in the subject hierarchy (its study)."""
+    hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+    volume_item = hierarchy.GetItemByDataNode(volume_node)
+    data_item = hierarchy.GetItemByDataNode(data_node)
+    if not volume_item or not data_item:
+        return
+    parent = hierarchy.GetItemParent(volume_item)
+    if parent and parent != hierarchy.GetSceneItemID():
+        hierarchy.SetItemParent(data_item, parent)

@@ -1,0 +1,362 @@
+"""Checks of the 3D Slicer extension that run without Slicer (pytest in CI).
+
+Static checks of the module source, its .ui file, CMake lists, icons and catalog entry;
+the Slicer API names the module uses against a list verified in Slicer's source
+(slicer_api_names.py); and the pure-Python engine-CLI glue against the real engine CLI.
+The whole workflow inside Slicer is tested by LiverVolumetryTest in LiverVolumetry.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import py_compile
+import re
+import struct
+import subprocess
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+import slicer_api_names as api
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "LiverVolumetry"
+MODULE_FILE = MODULE_DIR / "LiverVolumetry.py"
+GLUE_DIR = MODULE_DIR / "LiverVolumetrySlicerLib"
+ENGINE_DIR = MODULE_DIR / "LiverVolumetryLib"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LiverVolumetry.ui"
+MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
+TOP_CMAKE = REPO / "CMakeLists.txt"
+
+sys.path.insert(0, str(MODULE_DIR))
+from LiverVolumetrySlicerLib import dependencies, engine_cli  # noqa: E402  (pure Python parts)
+
+SOURCES = [MODULE_FILE, *sorted(GLUE_DIR.glob("*.py"))]
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+# --------------------------------------------------------------------------- compile
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_source_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_source_is_python39_syntax(path):
+    """Slicer 5.8 bundles Python 3.9: no newer syntax in the Slicer-side files."""
+    ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_union_annotations_are_not_evaluated_at_runtime(path):
+    """``X | Y`` annotations need ``from __future__ import annotations`` on Python 3.9."""
+    tree = _tree(path)
+    future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in tree.body)
+    annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, (ast.arg, ast.AnnAssign)) and n.annotation]
+    annotations += [n.returns for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.returns]
+    uses_union = any(isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.BitOr)
+                     for a in annotations for sub in ast.walk(a))
+    assert future or not uses_union
+
+
+# --------------------------------------------------------------------------- .ui file
+
+
+def _ui_root() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
+
+
+def _ui_widgets() -> dict[str, str]:
+    """Widget name -> class for every widget in the .ui file."""
+    return {w.get("name"): w.get("class") for w in _ui_root().iter("widget")}
+
+
+def _ui_parameter_names() -> dict[str, str]:
+    """SlicerParameterName -> widget name."""
+    names = {}
+    for widget in _ui_root().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                names[prop.findtext("string")] = widget.get("name")
+    return names
+
+
+def _parameter_fields() -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class of the module."""
+    for node in ast.walk(_tree(MODULE_FILE)):
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list):
+            return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in LiverVolumetry.py")
+
+
+def test_ui_is_valid_xml_with_qmrmlwidget_root():
+    root = _ui_root()
+    assert root.tag == "ui"
+    assert root.find("widget").get("class") == "qMRMLWidget"
+
+
+def test_every_slicer_parameter_name_is_a_parameter_field_and_back():
+    assert set(_ui_parameter_names()) == set(_parameter_fields())
+
+
+def test_parameter_widgets_have_a_gui_connector_for_their_type():
+    """The parameterNodeWrapper connectors (guiConnectors.py) pair these widget classes and types."""
+    widgets, parameters = _ui_widgets(), _ui_parameter_names()
+    for field, annotation in _parameter_fields().items():
+        widget_class = widgets[parameters[field]]
+        if "vtkMRML" in annotation:
+            assert widget_class == "qMRMLNodeComboBox", field
+        elif annotation == "bool" or annotation.startswith("Annotated[bool"):
+            assert widget_class == "QCheckBox", field
+        elif "pathlib.Path" in annotation:
+            assert widget_class == "ctkPathLineEdit", field
+        elif annotation.startswith("Annotated[str") and "Choice(" in annotation:
+            assert widget_class == "QComboBox", field
+        else:
+            raise AssertionError(f"no known GUI connector for {field}: {annotation}")
+
+
+def test_every_ui_attribute_the_module_uses_exists():
+    used = {n.attr for n in ast.walk(_tree(MODULE_FILE))
+            if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "self.ui"}
+    assert used, "the module uses no self.ui widgets?"
+    assert used <= set(_ui_widgets()), used - set(_ui_widgets())
+
+
+def test_node_selectors_get_the_scene():
+    connected = {c.findtext("receiver") for c in _ui_root().iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    selectors = {name for name, cls in _ui_widgets().items() if cls == "qMRMLNodeComboBox"}
+    assert selectors and selectors <= connected
+
+
+def test_custom_widgets_are_declared():
+    declared = {c.findtext("class") for c in _ui_root().iter("customwidget")}
+    used = {cls for cls in _ui_widgets().values() if not cls.startswith("Q")}
+    assert used <= declared
+
+
+# --------------------------------------------------------------------------- Slicer API names
+
+
+def _imported_module_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {a.asname or a.name for a in node.names if a.name[:1].islower()}
+    return names
+
+
+def _collect_api_use() -> dict[str, set]:
+    """Slicer names the module's files use, by category of slicer_api_names."""
+    used = {"util": set(), "app": set(), "modules": set(), "scene": set(), "mrml": set(), "imports": set()}
+    receivers: dict[str, set] = {key: set() for key in api.SLICER_OBJECT_METHODS}
+    for path in SOURCES:
+        tree = _tree(path)
+        modules = _imported_module_names(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "slicer.util":
+                used["util"] |= {a.name for a in node.names}
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "slicer":
+                used["imports"] |= {f"{node.module}.{a.name}" for a in node.names}
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = ast.unparse(node.value)
+            if owner == "slicer.util":
+                used["util"].add(node.attr)
+            elif owner == "slicer.app":
+                used["app"].add(node.attr)
+            elif owner == "slicer.modules":
+                used["modules"].add(node.attr)
+            elif owner == "slicer.mrmlScene" and node.attr.endswith("Event"):
+                used["scene"].add(node.attr)
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)):
+            method, owner = call.func.attr, call.func.value
+            owner_text = ast.unparse(owner)
+            if method[:1].isupper() and not (isinstance(owner, ast.Name) and owner.id in modules):
+                if owner_text not in ("slicer.util", "slicer.app", "slicer.modules"):
+                    used["mrml"].add(method)
+            if owner_text in receivers and method[:1].islower():
+                receivers[owner_text].add(method)
+    used["objects"] = receivers
+    return used
+
+
+USED = _collect_api_use()
+
+
+@pytest.mark.parametrize("category, verified", [
+    ("util", api.SLICER_UTIL), ("app", api.SLICER_APP), ("modules", api.SLICER_MODULES),
+    ("scene", api.SCENE_ATTRIBUTES), ("mrml", api.MRML_METHODS), ("imports", api.SLICER_IMPORTS),
+])
+def test_module_uses_only_verified_slicer_names(category, verified):
+    assert USED[category], f"nothing collected for {category}: the collector is broken"
+    unverified = USED[category] - set(verified)
+    assert not unverified, f"not verified in Slicer's source: {sorted(unverified)}"
+    stale = set(verified) - USED[category]
+    assert not stale, f"verified but unused (remove from slicer_api_names.py): {sorted(stale)}"
+
+
+@pytest.mark.parametrize("receiver", sorted(api.SLICER_OBJECT_METHODS))
+def test_methods_on_slicer_objects_are_verified(receiver):
+    used, verified = USED["objects"][receiver], set(api.SLICER_OBJECT_METHODS[receiver])
+    assert used, f"no call on {receiver} collected: rename in the list or the code"
+    assert used == verified, f"unverified {sorted(used - verified)}, unused {sorted(verified - used)}"
+
+
+def test_every_verified_name_names_its_source_file():
+    tables = [api.SLICER_UTIL, api.SLICER_APP, api.SLICER_MODULES, api.SCENE_ATTRIBUTES, api.MRML_METHODS,
+              api.SLICER_IMPORTS,
+              *api.SLICER_OBJECT_METHODS.values()]
+    for table in tables:
+        for name, source in table.items():
+            assert re.search(r"\.(py|h|cxx|md)\b", source), f"{name}: {source}"
+
+
+def test_collector_flags_an_invented_call(tmp_path, monkeypatch):
+    """The API check can fail: a made-up slicer.util call and MRML method are caught."""
+    fake = tmp_path / "Fake.py"
+    fake.write_text("import slicer\nslicer.util.inventedHelper()\nnode = None\nnode.MadeUpMethod()\n")
+    monkeypatch.setattr(sys.modules[__name__], "SOURCES", [fake])
+    used = _collect_api_use()
+    assert "inventedHelper" in used["util"] - set(api.SLICER_UTIL)
+    assert "MadeUpMethod" in used["mrml"] - set(api.MRML_METHODS)
+
+
+# --------------------------------------------------------------------------- module metadata
+
+
+def _module_init_assignments() -> dict[str, str]:
+    values = {}
+    for node in ast.walk(_tree(MODULE_FILE)):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = ast.unparse(node.targets[0])
+            if target.startswith("self.parent."):
+                values[target[len("self.parent."):]] = node.value
+    return values
+
+
+def test_module_title_categories_and_citations():
+    values = _module_init_assignments()
+    assert ast.literal_eval(values["title"]) == "Liver Volumetry"
+    assert ast.literal_eval(values["categories"]) == ["Segmentation"]
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    for needle in ("Gross", "Eur Radiol", "Kavur", "Med Image Anal", "CC BY-SA 4.0"):
+        assert needle in source, needle
+
+
+def test_module_has_widget_logic_and_test_classes():
+    classes = {n.name for n in _tree(MODULE_FILE).body if isinstance(n, ast.ClassDef)}
+    assert {"LiverVolumetry", "LiverVolumetryWidget", "LiverVolumetryLogic", "LiverVolumetryTest"} <= classes
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_files_stay_small(path):
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 420
+
+
+# --------------------------------------------------------------------------- CMake
+
+
+def _cmake_list(name: str) -> list[str]:
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
+    match = re.search(rf"set\({name}\s+(.*?)\)", text, re.S)
+    assert match, name
+    items = [line.split("#")[0].strip() for line in match.group(1).splitlines()]
+    return [item.replace("${MODULE_NAME}", "LiverVolumetry") for item in items if item]
+
+
+def _files_under(folder: Path) -> set[str]:
+    return {p.relative_to(MODULE_DIR).as_posix() for p in folder.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+
+
+def test_cmake_lists_have_no_duplicates():
+    for name in ("MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES"):
+        items = _cmake_list(name)
+        assert len(items) == len(set(items)), name
+
+
+def test_every_file_listed_in_cmake_exists():
+    for item in _cmake_list("MODULE_PYTHON_SCRIPTS") + _cmake_list("MODULE_PYTHON_RESOURCES"):
+        assert (MODULE_DIR / item).is_file(), f"listed in {MODULE_CMAKE.name} but missing: {item}"
+
+
+def test_every_python_file_is_listed_in_cmake():
+    present = {p for p in _files_under(ENGINE_DIR) | _files_under(GLUE_DIR) if p.endswith(".py")}
+    listed = set(_cmake_list("MODULE_PYTHON_SCRIPTS")) - {"LiverVolumetry.py"}
+    assert present == listed, f"not listed: {sorted(present - listed)}; listed but absent: {sorted(listed - present)}"
+
+
+def test_every_resource_and_model_file_is_listed_in_cmake():
+    present = {p for p in _files_under(ENGINE_DIR) if not p.endswith(".py")} | _files_under(MODULE_DIR / "Resources")
+    listed = set(_cmake_list("MODULE_PYTHON_RESOURCES"))
+    assert present == listed, f"not listed: {sorted(present - listed)}; listed but absent: {sorted(listed - present)}"
+
+
+def test_module_cmake_builds_scripted_module_with_its_test():
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
+    assert "slicerMacroBuildScriptedModule(" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "file(glob" not in text.replace(" ", "").lower()
+
+
+def test_extension_cmake_has_metadata_and_template_structure():
+    text = TOP_CMAKE.read_text(encoding="utf-8")
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', text), key
+    assert re.search(r'set\(EXTENSION_DEPENDS "[^"]*\bPyTorch\b[^"]*"\)', text)
+    order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(LiverVolumetry)",
+             "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]
+    positions = [text.index(line) for line in order]
+    assert positions == sorted(positions)
+
+
+# --------------------------------------------------------------------------- icons and catalog
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("path", [REPO / "LiverVolumetry.png", MODULE_DIR / "Resources" / "Icons" / "LiverVolumetry.png"],
+                         ids=["extension", "module"])
+def test_icon_is_128_png(path):
+    assert _png_size(path) == (128, 128)
+
+
+def test_extensions_index_entry():
+    entry = json.loads((REPO / "LiverVolumetry.json").read_text(encoding="utf-8"))
+    assert entry["category"] == "Segmentation"
+    assert "PyTorch" in entry["build_dependencies"]
+    assert entry["scm_url"].startswith("https://") and entry["$schema"].endswith(".json#")
+
+
+# --------------------------------------------------------------------------- dependencies
+
+
+def test_dependency_list_covers_the_engine_requirements():
+    """Everything pyproject needs is installed by the module (numpy/SimpleITK ship with Slicer, torch via PyTorch)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = {re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0].lower() for req in project["dependencies"]}
+    provided = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower()
+                for _, req in (*dependencies.REQUIREMENTS, dependencies.RADIOMICS)}
+    assert wanted - {"numpy", "simpleitk", "torch"} <= provided
+
+
+def test_missing_reports_an_absent_package(monkeypatch):
+    monkeypatch.setattr(dependencies, "REQUIREMENTS", (("surely_not_a_module_xyz", "xyz>=1"), ("json", "json")))
+    assert dependencies.missing(radiomics=False) == [("surely_not_a_module_xyz", "xyz>=1")]

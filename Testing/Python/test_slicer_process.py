@@ -1,0 +1,157 @@
+"""The module's background-process runner and job plumbing, run without Slicer.
+
+``slicer``, ``qt`` and ``vtk`` are replaced by small stand-ins for these tests only; the
+stand-in ``launchConsoleProcess`` starts the process exactly as Slicer's does (stdout
+pipe, stderr merged, text mode). This checks the reader thread, the polling, the final
+report, that Cancel really kills the work, and that job folders are always removed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "LiverVolumetry"
+
+
+class FakeTimer:
+    """qt.QTimer stand-in: the tests drive polling through EngineProcess.wait()."""
+
+    def setInterval(self, ms):
+        self.interval = ms
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def _launch_console_process(args, useStartupEnvironment=True, cwd=None):
+    # Same Popen arguments as slicer.util.launchConsoleProcess (Base/Python/slicer/util.py).
+    return subprocess.Popen(args, env=None, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, cwd=cwd)
+
+
+@pytest.fixture
+def glue(monkeypatch, tmp_path):
+    """LiverVolumetrySlicerLib.process and .jobs imported against stand-in Slicer modules."""
+    temp_dirs = []
+
+    def temp_directory(key):
+        folder = tmp_path / f"{key}-{len(temp_dirs)}"
+        folder.mkdir()
+        temp_dirs.append(folder)
+        return str(folder)
+
+    util = types.SimpleNamespace(launchConsoleProcess=_launch_console_process, tempDirectory=temp_directory)
+    slicer = types.ModuleType("slicer")
+    slicer.util = util
+    slicer.app = types.SimpleNamespace(processEvents=lambda: None)
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace(QTimer=FakeTimer))
+    monkeypatch.setitem(sys.modules, "vtk", types.ModuleType("vtk"))
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    for name in ("process", "jobs", "segmentation_io", "table"):
+        monkeypatch.delitem(sys.modules, f"LiverVolumetrySlicerLib.{name}", raising=False)
+    process = importlib.import_module("LiverVolumetrySlicerLib.process")
+    jobs = importlib.import_module("LiverVolumetrySlicerLib.jobs")
+    yield types.SimpleNamespace(process=process, jobs=jobs, temp_dirs=temp_dirs)
+    for name in ("process", "jobs", "segmentation_io", "table"):
+        sys.modules.pop(f"LiverVolumetrySlicerLib.{name}", None)
+
+
+def _script_process(glue, monkeypatch, code: str):
+    """Make EngineProcess run ``python -c code`` instead of the engine."""
+    monkeypatch.setattr(glue.process.EngineProcess, "command", lambda self: [sys.executable, "-u", "-c", code])
+
+
+def _events_script(*events, exit_code=0, stderr="") -> str:
+    lines = "".join(f"print({json.dumps(json.dumps(e))}, flush=True)\n" for e in events)
+    return f"import sys\n{lines}sys.stderr.write({stderr!r})\nsys.exit({exit_code})\n"
+
+
+def test_events_arrive_in_order_and_the_end_is_reported_once(glue, monkeypatch):
+    _script_process(glue, monkeypatch, _events_script(
+        {"event": "progress", "case": "c", "fraction": 0.5, "stage": "network"},
+        {"event": "case_done", "case": "c", "status": "ok", "error": None, "seconds": 1.0},
+        stderr="a human message\n"))
+    events, finished = [], []
+    proc = glue.process.EngineProcess(["segment"], events.append, lambda rc, cancelled: finished.append((rc, cancelled)))
+    proc.start()
+    proc.wait(60)
+    assert [e.kind for e in events] == ["progress", "case_done", "text"]
+    assert events[2].message == "a human message"
+    assert finished == [(0, False)] and not proc.running
+
+
+def test_cancel_kills_the_process_quickly(glue, monkeypatch):
+    _script_process(glue, monkeypatch, "import time\nprint('{\"event\": \"log\", \"message\": \"busy\"}', flush=True)\n"
+                                       "time.sleep(120)\n")
+    finished = []
+    proc = glue.process.EngineProcess(["segment"], lambda e: None, lambda rc, cancelled: finished.append(cancelled))
+    proc.start()
+    time.sleep(0.5)
+    began = time.monotonic()
+    proc.cancel()
+    proc.wait(30)
+    assert finished == [True]
+    assert time.monotonic() - began < 10
+    assert proc._proc.poll() is not None
+
+
+def test_wait_timeout_cancels(glue, monkeypatch):
+    _script_process(glue, monkeypatch, "import time\ntime.sleep(120)\n")
+    finished = []
+    proc = glue.process.EngineProcess(["segment"], lambda e: None, lambda rc, cancelled: finished.append(cancelled))
+    proc.start()
+    proc.wait(1.0)
+    assert finished == [True]
+
+
+def _job(glue, monkeypatch, code: str, import_results):
+    _script_process(glue, monkeypatch, code)
+    work_dir = Path(glue.process.slicer.util.tempDirectory("LiverVolumetry"))
+    (work_dir / "input.nrrd").write_text("x")
+    done, progress, log = [], [], []
+    proc = glue.jobs.run_engine(["segment"], work_dir, import_results, lambda t, p: progress.append((t, p)),
+                                log.append, lambda *result: done.append(result))
+    proc.wait(60)
+    return work_dir, done, progress, log
+
+
+def test_successful_job_imports_results_and_removes_its_folder(glue, monkeypatch):
+    code = _events_script({"event": "progress", "case": "c", "fraction": 0.25, "stage": "preprocess"},
+                          {"event": "case_done", "case": "c", "status": "ok", "error": None, "seconds": 2.0})
+    work_dir, done, progress, log = _job(glue, monkeypatch, code, lambda: "Liver volume: 1.0 mL")
+    assert done == [(True, "Liver volume: 1.0 mL", False)]
+    assert progress == [("Preprocessing: 25%", 25)]
+    assert log == ["c: ok (2.0 s)"]
+    assert not work_dir.exists()
+
+
+def test_failed_case_reports_the_engine_error(glue, monkeypatch):
+    code = _events_script({"event": "case_done", "case": "c", "status": "failed",
+                           "error": "c.nrrd: image has 2 dimensions, need 3", "seconds": 0.1}, exit_code=1)
+    work_dir, done, _, _ = _job(glue, monkeypatch, code, lambda: pytest.fail("must not import after a failure"))
+    assert done == [(False, "The liver could not be processed: c.nrrd: image has 2 dimensions, need 3", False)]
+    assert not work_dir.exists()
+
+
+def test_import_failure_becomes_a_message(glue, monkeypatch):
+    def broken_import():
+        raise ValueError("the results table has no row for case 'c'")
+
+    work_dir, done, _, _ = _job(glue, monkeypatch, _events_script(), broken_import)
+    assert done == [(False, "The results could not be loaded: the results table has no row for case 'c'", False)]
+    assert not work_dir.exists()
