@@ -34,15 +34,14 @@ def cmd_segment(args) -> int:
                             radiomics=not args.no_radiomics, overwrite=args.overwrite, reporter=reporter)
     failed = [r for r in rows if r.get("status") == "failed"]
     if args.progress != "json":
-        done = [r for r in rows if r.get("status") == "ok"]
-        for row in done:
-            print(f"{row['case']}: liver volume {row['volume_ml']:.1f} mL")
-        if failed:
-            print(f"{len(failed)} of {len(rows)} case(s) failed; see {Path(args.output) / 'measurements.csv'}"
-                  if done or any(r.get('status') == 'ok' for r in rows) else f"{len(failed)} case(s) failed",
-                  file=sys.stderr)
+        for row in rows:
+            if row.get("status") == "ok":
+                print(f"{row['case']}: liver volume {row['volume_ml']:.1f} mL")
         if len(rows) == 1 and failed:
             print(f"livervolumetry: error: {failed[0]['error']}", file=sys.stderr)
+        elif failed:
+            print(f"livervolumetry: {len(failed)} of {len(rows)} cases failed; see "
+                  f"{Path(args.output) / 'measurements.csv'}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 

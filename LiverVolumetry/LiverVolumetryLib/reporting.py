@@ -53,9 +53,12 @@ class BarReporter(Reporter):
     def __init__(self) -> None:
         self._bar = None
         self._case_base = 0
+        self._total = 0
 
     def start(self, total: int) -> None:
         from tqdm import tqdm
+
+        self._total = total
 
         self._bar = tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True,
                          bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total} cases [{elapsed}<{remaining}]")
@@ -68,6 +71,9 @@ class BarReporter(Reporter):
 
     def case_done(self, case: str, status: str, error: str | None, seconds: float) -> None:
         self._case_base += 1
+        if status == "failed" and self._total == 1:
+            self.close()  # the command prints the one-line error itself
+            return
         text = f"{case}: {status}" + (f" ({seconds:.1f} s)" if status == "ok" else "") + (f" - {error}" if error else "")
         self.log(text)
         if self._bar is not None:
@@ -83,12 +89,18 @@ class BarReporter(Reporter):
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
 
 
 class TextReporter(Reporter):
     """Plain lines on stderr (no bar): for logs and non-interactive use."""
 
+    def start(self, total: int) -> None:
+        self._total = total
+
     def case_done(self, case: str, status: str, error: str | None, seconds: float) -> None:
+        if status == "failed" and getattr(self, "_total", 0) == 1:
+            return  # a single case's error is the command's one-line error message
         self.log(f"{case}: {status}" + (f" ({seconds:.1f} s)" if status == "ok" else "") + (f" - {error}" if error else ""))
 
     def log(self, message: str) -> None:

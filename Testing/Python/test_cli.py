@@ -1,0 +1,175 @@
+"""The command-line contract: outputs, table, resume, overwrite protection, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import dice, same_grid
+
+from LiverVolumetryLib.cli import main
+from LiverVolumetryLib.phantom import make_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom_file(tmp_path_factory) -> tuple[Path, sitk.Image]:
+    """A small, coarse, oblique phantom (fast) and its true liver mask."""
+    folder = tmp_path_factory.mktemp("inputs")
+    phantom = make_phantom(3, shape=(80, 64, 26), spacing=(5.0, 5.0, 9.0), orientation="LAS", oblique_degrees=8)
+    path = folder / "case_a.nii.gz"
+    sitk.WriteImage(phantom.image, str(path))
+    return path, phantom.liver
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the installed CLI in a child process, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "LiverVolumetryLib.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_segment_writes_the_output_contract(phantom_file, tmp_path):
+    path, truth = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--progress", "none"]) == 0
+    mask = sitk.ReadImage(str(out / "case_a_liver.nii.gz"))
+    image = sitk.ReadImage(str(path))
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert same_grid(mask, image), "mask must be on the input grid"
+    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+    assert dice(mask, truth) > 0.8
+    assert (out / "case_a_liver.seg.nrrd").is_file() and (out / "case_a_qc.png").is_file()
+    rows = json.loads((out / "measurements.json").read_text())
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["case"] == "case_a"
+    features = [k for k in rows[0] if k.startswith("original_")]
+    assert len(features) >= 100
+    header = (out / "measurements.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["case", "input", "volume_ml"]
+    for column in ("model_name", "model_version", "device", "seconds", "status", "error"):
+        assert column in header
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
+
+
+def test_seg_nrrd_reads_back_aligned_with_slicerio(phantom_file, tmp_path):
+    import slicerio
+
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    seg = slicerio.read_segmentation(str(out / "case_a_liver.seg.nrrd"))
+    assert [s["name"] for s in seg["segments"]] == ["Liver"]
+    mask = sitk.ReadImage(str(out / "case_a_liver.nii.gz"))
+    # Every liver voxel of the seg.nrrd maps to a liver voxel of the mask in physical space.
+    voxels = np.argwhere(np.asarray(seg["voxels"]) > 0)
+    lps = (seg["ijkToLPS"] @ np.c_[voxels, np.ones(len(voxels))].T).T[:, :3]
+    idx = [mask.TransformPhysicalPointToIndex(tuple(map(float, p))) for p in lps[:: max(1, len(lps) // 200)]]
+    assert all(mask[i] == 1 for i in idx)
+    assert len(voxels) == int(sitk.GetArrayViewFromImage(mask).sum())
+
+
+def test_resume_skips_finished_cases_and_overwrite_redoes_them(phantom_file, tmp_path):
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    stamp = (out / "case_a_liver.nii.gz").stat().st_mtime_ns
+    code, _, err = run_cli("segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "text")
+    assert code == 0 and "skipped" in err
+    assert (out / "case_a_liver.nii.gz").stat().st_mtime_ns == stamp
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--overwrite", "--progress", "none"]) == 0
+    assert (out / "case_a_liver.nii.gz").stat().st_mtime_ns != stamp
+
+
+def test_existing_foreign_output_is_never_overwritten(phantom_file, tmp_path):
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case_a_qc.png").write_bytes(b"precious")
+    code, _, err = run_cli("segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none")
+    assert code == 1
+    assert "already exists" in err and "Traceback" not in err
+    assert (out / "case_a_qc.png").read_bytes() == b"precious"
+    assert not (out / "case_a_liver.nii.gz").exists()
+
+
+def test_failing_case_is_recorded_and_run_goes_on(phantom_file, tmp_path):
+    path, _ = phantom_file
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    code, _, err = run_cli("segment", str(bad), str(path), "-o", str(out), "--no-radiomics", "--progress", "text")
+    assert code == 1 and "Traceback" not in err
+    rows = {r["case"]: r for r in json.loads((out / "measurements.json").read_text())}
+    assert rows["case_a"]["status"] == "ok"
+    assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
+    assert not (out / "broken_liver.nii.gz").exists()
+
+
+def test_interrupted_case_leaves_no_files(phantom_file, tmp_path, monkeypatch):
+    import LiverVolumetryLib.qc as qc
+
+    path, _ = phantom_file
+    out = tmp_path / "out"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qc, "write_qc_png", interrupted)
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 130
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_json_progress_events(phantom_file, tmp_path):
+    path, _ = phantom_file
+    code, stdout, _ = run_cli("segment", str(path), "-o", str(tmp_path / "o"), "--no-radiomics", "--progress", "json")
+    assert code == 0
+    events = [json.loads(line) for line in stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert {"network", "measure", "write"} <= {e["stage"] for e in progress}
+    assert all(0 <= e["fraction"] <= 1 for e in progress)
+    assert events[-1] == {"event": "case_done", "case": "case_a", "status": "ok", "error": None,
+                          "seconds": events[-1]["seconds"]}
+
+
+def test_measure_recomputes_from_corrected_mask(phantom_file, tmp_path):
+    path, truth = phantom_file
+    mask_path = tmp_path / "corrected.nii.gz"
+    arr = sitk.GetArrayFromImage(truth)
+    arr[: arr.shape[0] // 2] = 0  # the radiologist erased the lower half
+    corrected = sitk.GetImageFromArray(arr)
+    corrected.CopyInformation(truth)
+    sitk.WriteImage(corrected, str(mask_path))
+    out = tmp_path / "m"
+    code, stdout, err = run_cli("measure", str(path), str(mask_path), "-o", str(out), "--no-radiomics")
+    assert code == 0, err
+    row = json.loads((out / "measurements.json").read_text())[0]
+    voxel_ml = np.prod(truth.GetSpacing()) / 1000
+    assert row["volume_ml"] == pytest.approx(arr.sum() * voxel_ml, rel=1e-6)
+    code, _, err = run_cli("measure", str(path), str(mask_path), "-o", str(out), "--no-radiomics")
+    assert code == 1 and "--overwrite" in err
+
+
+def test_corrupt_bundle_is_refused(phantom_file, tmp_path):
+    from LiverVolumetryLib.bundle import default_bundle_dir
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_dir(), bundle)
+    weights = next(bundle.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    path, _ = phantom_file
+    code, _, err = run_cli("segment", str(path), "-o", str(tmp_path / "o"), "--model", str(bundle))
+    assert code == 1
+    assert "SHA-256" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_command_shows_the_card():
+    code, stdout, _ = run_cli("model")
+    assert code == 0 and "verified" in stdout and "validation" in stdout

@@ -1,0 +1,143 @@
+"""Every bad input: one-line error naming the file and the cause, exit 1, no output at all.
+
+The table below is the list of bad inputs the tool promises to handle (reader-level
+details are in test_imageio.py / test_dicom.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverVolumetryLib import imageio
+from LiverVolumetryLib.cli import main
+
+
+def _write(array: np.ndarray, path: Path, spacing=None, vector: bool = False) -> Path:
+    image = sitk.GetImageFromArray(array, isVector=vector)
+    if spacing is not None:
+        image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _volume(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(100, 10, (12, 16, 16)).astype(np.float32)
+
+
+def missing(tmp: Path) -> Path:
+    return tmp / "absent.nii.gz"
+
+
+def garbage(tmp: Path) -> Path:
+    path = tmp / "garbage.nii.gz"
+    path.write_bytes(b"\x00this is not a NIfTI file" * 10)
+    return path
+
+
+def two_d(tmp: Path) -> Path:
+    return _write(_volume()[0], tmp / "flat.nrrd")
+
+
+def single_slice(tmp: Path) -> Path:
+    return _write(_volume()[:1], tmp / "oneslice.nrrd")
+
+
+def four_d(tmp: Path) -> Path:
+    image = sitk.JoinSeries([sitk.GetImageFromArray(_volume(k)) for k in range(3)])
+    sitk.WriteImage(image, str(tmp / "dynamic.nii.gz"))
+    return tmp / "dynamic.nii.gz"
+
+
+def rgb(tmp: Path) -> Path:
+    return _write(np.stack([_volume(k) for k in range(3)], -1).astype(np.uint8), tmp / "colour.nrrd", vector=True)
+
+
+def nan_voxels(tmp: Path) -> Path:
+    array = _volume()
+    array[3, 4, 5] = np.nan
+    return _write(array, tmp / "nan.nrrd")
+
+
+def inf_voxels(tmp: Path) -> Path:
+    array = _volume()
+    array[3, 4, 5] = np.inf
+    return _write(array, tmp / "inf.nrrd")
+
+
+def constant(tmp: Path) -> Path:
+    return _write(np.full((12, 16, 16), 7, np.float32), tmp / "constant.nrrd")
+
+
+def tiny_spacing(tmp: Path) -> Path:
+    return _write(_volume(), tmp / "tiny_spacing.nrrd", spacing=(0.001, 0.001, 0.001))
+
+
+def huge_spacing(tmp: Path) -> Path:
+    return _write(_volume(), tmp / "huge_spacing.nrrd", spacing=(1.0, 1.0, 500.0))
+
+
+def empty_dicom_folder(tmp: Path) -> Path:
+    folder = tmp / "empty_series"
+    folder.mkdir()
+    return folder
+
+
+def unsupported_suffix(tmp: Path) -> Path:
+    path = tmp / "scan.txt"
+    path.write_text("hello")
+    return path
+
+
+BAD_INPUTS = {
+    # name: (make the input, a word of the expected cause)
+    "missing file": (missing, "not exist"),
+    "unreadable file": (garbage, "read"),
+    "2D image": (two_d, "2D"),
+    "single slice": (single_slice, "2D"),
+    "4D image": (four_d, "4D"),
+    "multi-component image": (rgb, "component"),
+    "NaN voxels": (nan_voxels, "NaN"),
+    "inf voxels": (inf_voxels, "inf"),
+    "constant image": (constant, "constant"),
+    "absurd small spacing": (tiny_spacing, "spacing"),
+    "absurd large spacing": (huge_spacing, "spacing"),
+    "empty DICOM folder": (empty_dicom_folder, "DICOM"),
+    "unsupported file type": (unsupported_suffix, "unsupported file type"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_gives_one_line_error_and_no_output(name, tmp_path, capsys):
+    make, cause = BAD_INPUTS[name]
+    path = make(tmp_path)
+    out = tmp_path / "out"
+    code = main(["segment", str(path), "-o", str(out), "--progress", "text"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert path.name in err, err
+    assert cause.lower() in err.lower(), err
+    assert not out.exists() or not any(out.iterdir()), "no partial output"
+
+
+def test_image_too_large_for_memory(tmp_path, capsys, monkeypatch):
+    path = _write(_volume(), tmp_path / "big.nrrd")
+    monkeypatch.setattr(imageio, "available_memory_bytes", lambda: 10_000)
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "big.nrrd" in err and "memory" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_input_keeps_an_existing_table_untouched(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "measurements.csv").write_text("case,volume_ml\nold,1000\n")
+    assert main(["segment", str(missing(tmp_path)), "-o", str(out)]) == 1
+    assert (out / "measurements.csv").read_text() == "case,volume_ml\nold,1000\n"

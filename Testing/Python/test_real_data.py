@@ -1,0 +1,45 @@
+"""The real-data path on the shared CHAOS T2 cases (skipped when ../shared is absent)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import SimpleITK as sitk
+from conftest import SHARED_DATA, dice, same_grid
+
+from LiverVolumetryLib.bundle import load_bundle
+
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent "
+                                "(only on the project's machines; the tests stand on synthetic phantoms)")
+
+
+def _validation_case() -> str:
+    """A case the bundled model was NOT trained on (recorded in its model.json)."""
+    return load_bundle().metadata["training"]["validation_cases"][0]
+
+
+def test_bundled_model_segments_a_held_out_real_case(tmp_path):
+    from LiverVolumetryLib.cli import main
+
+    case = _validation_case()
+    assert case not in load_bundle().metadata["training"]["cases"]
+    image_path = SHARED_DATA / f"image_{case}.nii.gz"
+    assert main(["segment", str(image_path), "-o", str(tmp_path), "--progress", "none"]) == 0
+    mask = sitk.ReadImage(str(tmp_path / f"image_{case}_liver.nii.gz"))
+    image = sitk.ReadImage(str(image_path))
+    label = sitk.ReadImage(str(SHARED_DATA / f"label_{case}.nii.gz"))
+    assert same_grid(mask, image)
+    assert dice(mask, sitk.Equal(sitk.Cast(label, sitk.sitkInt32), 1)) > 0.85
+    row = json.loads((tmp_path / "measurements.json").read_text())[0]
+    assert 500 < row["volume_ml"] < 4000
+    assert sum(k.startswith("original_") for k in row) >= 100
+
+
+def test_training_finds_the_shared_pairs():
+    from LiverVolumetryTraining.dataset import find_pairs, load_entry
+
+    entries = find_pairs(SHARED_DATA, liver_label=1)
+    assert len(entries) == 14
+    image, liver = load_entry(entries[0])
+    assert same_grid(image, liver) and sitk.GetArrayViewFromImage(liver).any()

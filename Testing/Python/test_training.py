@@ -1,0 +1,88 @@
+"""Training package: pairs, cached preprocessing, a tiny run, resume, export to a bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverVolumetryLib.bundle import load_bundle
+from LiverVolumetryLib.errors import InputError
+from LiverVolumetryLib.phantom import make_phantom
+from LiverVolumetryTraining.dataset import CaseEntry, cached_case, find_pairs, load_entry
+from LiverVolumetryTraining.recipes import get_recipe
+from LiverVolumetryTraining.train import train
+
+
+@pytest.fixture(scope="module")
+def pairs_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pairs")
+    for k in range(3):
+        phantom = make_phantom(k, shape=(48, 40, 16), spacing=(7.0, 7.0, 12.0), orientation="LPS", oblique_degrees=0)
+        sitk.WriteImage(phantom.image, str(folder / f"image_{k}.nii.gz"))
+        label = sitk.Cast(phantom.liver, sitk.sitkUInt8) * 6  # liver stored as 6, like AMOS
+        sitk.WriteImage(label, str(folder / f"label_{k}.nii.gz"))
+    return folder
+
+
+def tiny_recipe() -> dict:
+    recipe = get_recipe("liver-mri")
+    recipe["network"]["args"].update(channels=[4, 8], strides=[2], num_res_units=0)
+    recipe["network"]["args"].pop("dropout")
+    recipe["preprocessing"]["spacing_mm"] = [6.0, 6.0, 6.0]
+    recipe.update(patch_size=[32, 32, 16], batch_size=2, phantom_fraction=0.0)
+    recipe["inference"]["roi_size"] = [32, 32, 32]
+    return recipe
+
+
+def test_find_pairs_and_label_value(pairs_folder):
+    entries = find_pairs(pairs_folder, liver_label=6)
+    assert [e.case for e in entries] == ["0", "1", "2"]
+    image, liver = load_entry(entries[0])
+    assert set(np.unique(sitk.GetArrayViewFromImage(liver))) == {0, 1}
+    with pytest.raises(InputError, match="no voxel has the liver label 1"):
+        load_entry(CaseEntry("0", entries[0].image, entries[0].label, liver_label=1))
+
+
+def test_grid_mismatch_names_the_entry(pairs_folder, tmp_path):
+    entry = find_pairs(pairs_folder, liver_label=6)[0]
+    label = sitk.ReadImage(str(entry.label))
+    label.SetOrigin((5.0, 0.0, 0.0))
+    moved = tmp_path / "moved_label.nii.gz"
+    sitk.WriteImage(label, str(moved))
+    with pytest.raises(InputError, match="case 0: label grid does not match"):
+        load_entry(CaseEntry("0", entry.image, moved, 6))
+
+
+def test_cache_gives_identical_arrays(pairs_folder, tmp_path):
+    entry = find_pairs(pairs_folder, liver_label=6)[0]
+    prep = __import__("LiverVolumetryLib.preprocess", fromlist=["Preprocessing"]).Preprocessing()
+    first = cached_case(entry, prep, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    second = cached_case(entry, prep, tmp_path)
+    assert np.array_equal(first.image, second.image) and np.array_equal(first.label, second.label)
+
+
+def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):
+    from LiverVolumetryTraining.export import export_run
+
+    entries = find_pairs(pairs_folder, liver_label=6)
+    run = tmp_path / "run"
+    train(run, tiny_recipe(), entries[:2], entries[2:], phantoms=0, iterations=4, validate_every=2, log=lambda m: None)
+    log_rows = (run / "log.csv").read_text().splitlines()
+    assert len(log_rows) == 3 and (run / "last.pt").is_file()
+    # Resume: a longer run continues from iteration 4 instead of starting again.
+    messages = []
+    train(run, tiny_recipe(), entries[:2], entries[2:], phantoms=0, iterations=6, validate_every=2,
+          log=messages.append)
+    assert any("resuming at iteration 4" in m for m in messages)
+    assert (run / "log.csv").read_text().splitlines()[-1].startswith("6,")
+    bundle = export_run(run, tmp_path / "bundle", "tiny", "0.1.0", log=lambda m: None)
+    loaded = load_bundle(bundle.path)
+    meta = json.loads((bundle.path / "model.json").read_text())
+    assert loaded.name == "tiny" and meta["training"]["validation_cases"] == ["2"]
+    assert set(meta["validation"]["dice_per_case"]) == {"2"}
+    assert 0.0 <= meta["validation"]["dice_mean"] <= 1.0
