@@ -30,7 +30,7 @@ LIVER_COLOR_RGB: tuple[int, int, int] = (221, 130, 101)
 """3D Slicer's standard liver colour (GenericAnatomyColors "liver"), 0..255."""
 
 LIVER_TERMINOLOGY: str = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "Segmentation category and type - DICOM master list"
     "~SCT^123037004^Anatomical Structure"
     "~SCT^10200004^Liver"
     "~^^"
@@ -38,7 +38,9 @@ LIVER_TERMINOLOGY: str = (
     "~^^"
     "~^^"
 )
-"""Slicer terminology entry (SNOMED CT) of the liver, as stored in ``SegmentN_Tags``."""
+"""Slicer terminology entry (SNOMED CT) of the liver, as stored in ``SegmentN_Tags``.
+
+The Slicer module uses these constants too, so files and scene nodes always agree."""
 
 _SEGMENT_ID = "Liver"
 

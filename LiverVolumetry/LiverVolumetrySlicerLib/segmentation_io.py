@@ -12,21 +12,12 @@ from pathlib import Path
 
 import slicer
 import vtk
+from LiverVolumetryLib.outputs import LIVER_COLOR_RGB, LIVER_TERMINOLOGY
+from LiverVolumetryLib.outputs import LIVER_SEGMENT_NAME as SEGMENT_NAME
 
 from .engine_cli import labelmap_checksum
 
-SEGMENT_NAME = "Liver"
-# Liver colour of Slicer's anatomy colour tables, and the standard (SNOMED CT) terminology.
-LIVER_COLOR = (221 / 255.0, 130 / 255.0, 101 / 255.0)
-LIVER_TERMINOLOGY = (
-    "Segmentation category and type - DICOM master list"
-    "~SCT^123037004^Anatomical Structure"
-    "~SCT^10200004^Liver"
-    "~^^"
-    "~Anatomic codes - DICOM master list"
-    "~^^"
-    "~^^"
-)
+LIVER_COLOR = tuple(channel / 255.0 for channel in LIVER_COLOR_RGB)
 CHECKSUM_ATTRIBUTE = "LiverVolumetry.LiverChecksum"
 MODEL_ATTRIBUTE_PREFIX = "LiverVolumetry."
 
