@@ -47,7 +47,8 @@ def cmd_segment(args) -> int:
 
 def cmd_measure(args) -> int:
     from .batch import ResultsTable
-    from .imageio import case_id, read_image, read_mask
+    from .imageio import case_id, read_image
+    from .masks import read_mask
     from .measure import measure
 
     from .reporting import make_reporter
@@ -103,7 +104,7 @@ def cmd_demo(args) -> int:
     row = rows[0]
     if row.get("status") == "failed":
         raise LiverVolumetryError(row["error"])
-    from .imageio import read_mask
+    from .masks import read_mask
     from .measure import liver_volume_ml
 
     reference = read_mask(truth_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,47 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 def dice(a: sitk.Image, b: sitk.Image) -> float:
     x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
     return float(2 * (x & y).sum() / max(1, x.sum() + y.sum()))
+
+
+# ------------------------------------------------ images shared by test_imageio, test_masks, test_dicom
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def oblique_direction() -> tuple[float, ...]:
+    """A rotation by 0.4 rad about (1, 2, 3): no axis aligned with the world axes."""
+    axis = np.array([1.0, 2.0, 3.0]) / math.sqrt(14.0)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + math.sin(0.4) * k + (1 - math.cos(0.4)) * (k @ k)
+    return tuple(rotation.flatten())
+
+
+OBLIQUE = oblique_direction()
+ORIENTATIONS = ["axial", "sagittal", "oblique"]
+
+
+def make_volume(shape=(6, 7, 8), spacing=(0.75, 0.8, 3.0), origin=(-10.5, 20.25, 3.0),
+                direction=AXIAL, dtype=np.int16, seed=0) -> sitk.Image:
+    """A random 3D image; ``shape`` is numpy order (z, y, x)."""
+    array = np.random.default_rng(seed).integers(0, 1000, size=shape).astype(dtype)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def write_image(tmp_path: Path, name: str, image: sitk.Image) -> Path:
+    """Write ``image`` as ``tmp_path / name`` (format by suffix) and return that path."""
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def assert_same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 0.0) -> None:
+    """Same size, and spacing, origin and direction equal within ``tolerance``."""
+    assert a.GetSize() == b.GetSize()
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(a, get)(), getattr(b, get)(), rtol=0,
+                                   atol=tolerance, err_msg=get)

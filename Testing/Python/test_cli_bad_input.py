@@ -1,7 +1,7 @@
 """Every bad input: one-line error naming the file and the cause, exit 1, no output at all.
 
 The table below is the list of bad inputs the tool promises to handle (reader-level
-details are in test_imageio.py / test_dicom.py).
+details are in test_imageio.py, test_dicom.py and test_masks.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imageio import AXIAL, OBLIQUE, ORIENTATIONS, SAGITTAL, _write, assert_same_geometry, make_volume
+from conftest import AXIAL, OBLIQUE, ORIENTATIONS, SAGITTAL, assert_same_geometry, make_volume, write_image
 
 from LiverVolumetryLib import dicom, imageio
 from LiverVolumetryLib.errors import InputError
@@ -66,7 +66,7 @@ def bad_empty_folder(tmp_path, monkeypatch):
 def bad_folder_with_image_file(tmp_path, monkeypatch):
     folder = tmp_path / "not_dicom"
     folder.mkdir()
-    _write(folder, "image_1.nii.gz", make_volume())
+    write_image(folder, "image_1.nii.gz", make_volume())
     return folder, {}
 
 
