@@ -50,8 +50,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         "network": recipe["network"], "preprocessing": recipe["preprocessing"], "inference": recipe["inference"],
         "postprocessing": {"largest_component": True, "fill_holes": True},
         "labels": {"0": "background", "1": "liver"},
-        "training": {"recipe": recipe, "iterations": state["iteration"], "checkpoint": checkpoint,
-                     "phantoms": config.get("phantoms", 0),
+        "training": {"recipe": {"name": "liver-mri", **recipe}, "iterations": state["iteration"],
+                     "checkpoint": checkpoint, "phantoms": config.get("phantoms", 0),
                      "cases": [e["case"] for e in config["train"]],
                      "validation_cases": [e["case"] for e in config["validation"]]},
     }
@@ -63,4 +63,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         spec["validation"] = {"protocol": "held-out cases never used for training; engine pipeline; "
                                           "Dice on the native image grid", **evaluate_bundle(bundle, val_entries, log)}
         bundle = write_bundle(out_dir, state["model"], spec, overwrite=True)
+    from .model_card import write_model_card
+
+    write_model_card(out_dir)
     return bundle
