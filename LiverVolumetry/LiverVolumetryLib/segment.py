@@ -79,7 +79,7 @@ def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
 
     network = _network_on(bundle, device)
     settings = bundle.inference
-    roi = tuple(min(r, s) if s < r else r for r, s in zip(settings.roi_size, array.shape))
+    roi = tuple(min(r, s) for r, s in zip(settings.roi_size, array.shape))  # no padding beyond the image
     total = max(1, math.ceil(_window_count(array.shape, roi, settings.overlap) / settings.sw_batch_size))
     done = [0]
 
