@@ -62,6 +62,15 @@ def _network_on(bundle: ModelBundle, device: str):
     return _NETWORK_CACHE[key]
 
 
+def _stride_product(bundle: ModelBundle) -> int:
+    """Input sizes must be multiples of this for the U-Net's skip connections to match."""
+    args = bundle.network.get("args", {})
+    product = 1
+    for stride in args.get("strides", [2, 2, 2, 2]):
+        product *= int(stride if isinstance(stride, int) else max(stride))
+    return product
+
+
 def _window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
     count = 1
     for size, window in zip(shape, roi):
@@ -79,7 +88,10 @@ def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
 
     network = _network_on(bundle, device)
     settings = bundle.inference
-    roi = tuple(min(r, s) for r, s in zip(settings.roi_size, array.shape))  # no padding beyond the image
+    # A window never larger than needed, but a multiple of the network's total stride
+    # (MONAI pads the image up to the window).
+    multiple = _stride_product(bundle)
+    roi = tuple(min(r, math.ceil(s / multiple) * multiple) for r, s in zip(settings.roi_size, array.shape))
     total = max(1, math.ceil(_window_count(array.shape, roi, settings.overlap) / settings.sw_batch_size))
     done = [0]
 

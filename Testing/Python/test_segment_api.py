@@ -92,3 +92,10 @@ def test_bundled_model_loads_and_verifies():
     bundle = load_bundle()
     assert bundle.weights_path.suffix == ".safetensors"
     assert bundle.load_network() is not None
+
+
+def test_images_smaller_than_the_window_and_of_odd_size(tiny_bundle):
+    """Network-grid sizes that are not multiples of the U-Net's stride must still work."""
+    image, _ = ellipsoid_image(size=(23, 17, 9), spacing=(4.3, 5.1, 7.7))
+    result = segment_liver(image, tiny_bundle, device="cpu")
+    assert same_grid(result.mask, image)
