@@ -69,7 +69,8 @@ def validate(network: torch.nn.Module, cases: Sequence[CachedCase], recipe: dict
     with torch.inference_mode():
         for case in cases:
             x = torch.from_numpy(case.image)[None, None]
-            logits = sliding_window_inference(x, settings.roi_size, 1, network, overlap=settings.overlap, mode="gaussian")
+            logits = sliding_window_inference(x, settings.roi_size, 1, network, overlap=settings.overlap,
+                                              mode="gaussian", cval=float(case.image.min()))
             scores[case.case] = dice_on_grid(torch.softmax(logits, 1)[0, 1].numpy(), case.label)
     network.train()
     return scores

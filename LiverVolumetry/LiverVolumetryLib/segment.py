@@ -107,8 +107,9 @@ def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
 
     tensor = torch.from_numpy(array)[None, None].to(device)
     with torch.inference_mode():
+        # Pad with the image's darkest value (air), not 0, which is mid-grey after scaling.
         prob = sliding_window_inference(tensor, roi, settings.sw_batch_size, predictor,
-                                        overlap=settings.overlap, mode=settings.mode)
+                                        overlap=settings.overlap, mode=settings.mode, cval=float(array.min()))
     return prob[0, 0].float().cpu().numpy()
 
 
