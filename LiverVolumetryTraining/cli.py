@@ -53,8 +53,9 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
+    notes = Path(args.card_notes).read_text(encoding="utf-8") if args.card_notes else ""
     bundle = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.description,
-                        overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+                        overwrite=args.overwrite, log=lambda m: print(m, flush=True), card_notes=notes)
     print(f"wrote bundle {bundle.path} (sha256 {bundle.sha256[:12]}...)")
     return 0
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--version", default="0.0.1")
     e.add_argument("--description", default="")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    e.add_argument("--card-notes", help="Markdown file appended to the generated MODEL.md (history, ablations)")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
     return parser

@@ -38,7 +38,7 @@ def evaluate_bundle(bundle, entries: list[CaseEntry], log=print) -> dict:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str, checkpoint: str = "last",
-               description: str = "", overwrite: bool = False, log=print):
+               description: str = "", overwrite: bool = False, log=print, card_notes: str = ""):
     """Write ``out_dir`` as a bundle from ``run_dir``'s checkpoint and measure validation."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
@@ -65,5 +65,5 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         bundle = write_bundle(out_dir, state["model"], spec, overwrite=True)
     from .model_card import write_model_card
 
-    write_model_card(out_dir)
+    write_model_card(out_dir, notes=card_notes)
     return bundle

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from LiverVolumetryLib.bundle import InferenceSettings, ModelBundle
+from LiverVolumetryLib.bundle import InferenceSettings
 from LiverVolumetryLib.preprocess import Preprocessing
 
 from .augment import augment, sample_patch

@@ -124,3 +124,17 @@ def assert_same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 0.0) -
     for get in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(a, get)(), getattr(b, get)(), rtol=0,
                                    atol=tolerance, err_msg=get)
+
+
+def assert_read_fails_in_one_line(path, kwargs: dict, keyword: str) -> None:
+    """``read_image`` refuses ``path`` with a one-line InputError naming it and the cause."""
+    from LiverVolumetryLib.errors import InputError
+    from LiverVolumetryLib.imageio import read_image
+
+    with pytest.raises(InputError) as caught:
+        read_image(path, **kwargs)
+    message = str(caught.value)
+    assert path.name in message
+    assert keyword in message.lower()
+    assert "\n" not in message and "\r" not in message
+    assert "Exception thrown" not in message and "sitk::ERROR" not in message

@@ -13,7 +13,6 @@ import json
 import py_compile
 import re
 import struct
-import subprocess
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
@@ -33,7 +32,7 @@ MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = REPO / "CMakeLists.txt"
 
 sys.path.insert(0, str(MODULE_DIR))
-from LiverVolumetrySlicerLib import dependencies, engine_cli  # noqa: E402  (pure Python parts)
+from LiverVolumetrySlicerLib import dependencies  # noqa: E402  (pure Python parts)
 
 SOURCES = [MODULE_FILE, *sorted(GLUE_DIR.glob("*.py"))]
 
