@@ -41,7 +41,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
                description: str = "", overwrite: bool = False, log=print, card_notes: str = ""):
     """Write ``out_dir`` as a bundle from ``run_dir``'s checkpoint and measure validation."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     recipe = config["recipe"]
     state = load_checkpoint(run_dir / f"{checkpoint}.pt")
     spec = {

@@ -99,7 +99,7 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
     config = {"recipe": recipe, "iterations": iterations, "phantoms": phantoms, "seed": seed,
               "train": [{**asdict(e), "image": str(e.image), "label": str(e.label)} for e in train_entries],
               "validation": [{**asdict(e), "image": str(e.image), "label": str(e.label)} for e in val_entries]}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -86,5 +86,5 @@ def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):
     assert loaded.name == "tiny" and meta["training"]["validation_cases"] == ["2"]
     assert set(meta["validation"]["dice_per_case"]) == {"2"}
     assert 0.0 <= meta["validation"]["dice_mean"] <= 1.0
-    card = (bundle.path / "MODEL.md").read_text()
+    card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
     assert f"{meta['validation']['dice_mean']:.3f}" in card and meta["weights"]["sha256"] in card
