@@ -8,19 +8,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from LiverVolumetryLib.bundle import write_bundle
+from LiverVolumetryLib.measure import dice
 from LiverVolumetryLib.segment import segment_liver
 
 from .dataset import CaseEntry, load_entry
 from .train import load_checkpoint
-
-
-def dice(a: sitk.Image, b: sitk.Image) -> float:
-    x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
-    total = x.sum() + y.sum()
-    return float(2 * np.logical_and(x, y).sum() / total) if total else 1.0
 
 
 def evaluate_bundle(bundle, entries: list[CaseEntry], log=print) -> dict:

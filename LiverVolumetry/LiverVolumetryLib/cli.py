@@ -105,18 +105,13 @@ def cmd_demo(args) -> int:
     if row.get("status") == "failed":
         raise LiverVolumetryError(row["error"])
     from .masks import read_mask
-    from .measure import liver_volume_ml
+    from .measure import dice, liver_volume_ml
 
     reference = read_mask(truth_path)
-    predicted = read_mask(out / "phantom_liver.nii.gz", reference=reference)
-    import numpy as np
-    import SimpleITK as sitk
-
-    a, b = sitk.GetArrayViewFromImage(reference) > 0, sitk.GetArrayViewFromImage(predicted) > 0
-    dice = 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+    overlap = dice(read_mask(out / "phantom_liver.nii.gz", reference=reference), reference)
     features = sum(1 for k in row if k.startswith("original_"))
     print(f"liver volume {row['volume_ml']:.1f} mL (phantom truth {liver_volume_ml(reference):.1f} mL), "
-          f"Dice {dice:.3f} against the phantom's true liver, {features} radiomics features, "
+          f"Dice {overlap:.3f} against the phantom's true liver, {features} radiomics features, "
           f"{row['seconds']:.1f} s on {row['device']}")
     print(f"outputs in {out}/: phantom_liver.nii.gz, phantom_liver.seg.nrrd, phantom_qc.png, measurements.csv")
     return EXIT_OK

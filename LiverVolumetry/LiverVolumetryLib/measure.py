@@ -50,6 +50,13 @@ def _voxel_count(binary: sitk.Image) -> int:
     return int(np.count_nonzero(sitk.GetArrayViewFromImage(binary)))
 
 
+def dice(mask_a: sitk.Image, mask_b: sitk.Image) -> float:
+    """Dice overlap of two masks on the same grid (non-zero = inside); 1.0 if both are empty."""
+    a, b = sitk.GetArrayViewFromImage(mask_a) > 0, sitk.GetArrayViewFromImage(mask_b) > 0
+    total = int(a.sum()) + int(b.sum())
+    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
+
+
 def liver_volume_ml(mask: sitk.Image) -> float:
     """Liver volume in mL: non-zero voxels x voxel volume (mm^3) / 1000 on the mask's grid."""
     count = _voxel_count(_binary_mask(mask))
