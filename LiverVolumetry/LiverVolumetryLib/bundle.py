@@ -47,13 +47,20 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Sliding-window settings; ``roi_size`` in network-array (x, y, z) order."""
+    """How the network is run: ``roi_size`` in network-array (x, y, z) order.
+
+    ``crop_to_body``: run the network only on the box around the body (air is background).
+    ``max_window_voxels``: a (cropped) grid of at most this many voxels is run as one
+    window, without overlap; larger grids use sliding windows of ``roi_size``.
+    """
 
     roi_size: tuple[int, int, int] = (160, 160, 128)
     overlap: float = 0.25
     sw_batch_size: int = 1
     mode: str = "gaussian"
     threshold: float = 0.5
+    crop_to_body: bool = False
+    max_window_voxels: int = 0
 
     @classmethod
     def from_dict(cls, spec: dict) -> "InferenceSettings":
@@ -63,7 +70,8 @@ class InferenceSettings:
 
     def to_dict(self) -> dict:
         return {"roi_size": list(self.roi_size), "overlap": self.overlap, "sw_batch_size": self.sw_batch_size,
-                "mode": self.mode, "threshold": self.threshold}
+                "mode": self.mode, "threshold": self.threshold, "crop_to_body": self.crop_to_body,
+                "max_window_voxels": self.max_window_voxels}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .bundle import ModelBundle, load_bundle
+from .crop import Box, body_box, box_grid
 from .errors import CancelledError, InputError, LiverVolumetryError
 from .postprocess import clean_mask, probability_to_input_grid
 from .preprocess import to_network_input
@@ -80,6 +81,17 @@ def _window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) 
     return count
 
 
+def _window_roi(shape: tuple[int, ...], settings, multiple: int) -> tuple[int, ...]:
+    """One window over the whole (padded) array when it is small enough, else ``roi_size``.
+
+    Windows are multiples of the network's total stride; MONAI pads the array up to them.
+    """
+    padded = tuple(math.ceil(s / multiple) * multiple for s in shape)
+    if settings.max_window_voxels and math.prod(padded) <= settings.max_window_voxels:
+        return padded
+    return tuple(min(r, p) for r, p in zip(settings.roi_size, padded))
+
+
 def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
                       progress: Progress | None = None, cancel: Cancel | None = None) -> np.ndarray:
     """Foreground probability (x, y, z float32) for a preprocessed network array."""
@@ -88,10 +100,7 @@ def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
 
     network = _network_on(bundle, device)
     settings = bundle.inference
-    # A window never larger than needed, but a multiple of the network's total stride
-    # (MONAI pads the image up to the window).
-    multiple = _stride_product(bundle)
-    roi = tuple(min(r, math.ceil(s / multiple) * multiple) for r, s in zip(settings.roi_size, array.shape))
+    roi = _window_roi(array.shape, settings, _stride_product(bundle))
     total = max(1, math.ceil(_window_count(array.shape, roi, settings.overlap) / settings.sw_batch_size))
     done = [0]
 
@@ -151,12 +160,13 @@ def segment_liver(image: sitk.Image, model: str | Path | ModelBundle | None = No
     t = time.perf_counter()
     net_input = to_network_input(image, bundle.preprocessing)
     t = timed("preprocess", t)
+    box = body_box(net_input.array) if bundle.inference.crop_to_body else Box((0, 0, 0), net_input.array.shape)
     report(0.1, "network")
-    probability = liver_probability(net_input.array, bundle, device,
+    probability = liver_probability(np.ascontiguousarray(net_input.array[box.slices]), bundle, device,
                                     progress=lambda f, s: report(0.1 + 0.75 * f, s), cancel=cancel)
     t = timed("network", t)
     report(0.85, "postprocess")
-    mask = probability_to_input_grid(probability, net_input.grid, image, bundle.inference.threshold)
+    mask = probability_to_input_grid(probability, box_grid(net_input.grid, box), image, bundle.inference.threshold)
     post = bundle.postprocessing
     mask = clean_mask(mask, post.get("largest_component", True), post.get("fill_holes", True))
     timed("postprocess", t)
