@@ -1,0 +1,74 @@
+"""The benchmark's reference pipeline and tables (the timed runs themselves are not tests)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import dice, ellipsoid_image, rotation_direction, same_grid
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+pytest.importorskip("nibabel")
+from benchmark_report import markdown_summary, summary  # noqa: E402
+from reference_pipeline import paper_network, run_reference  # noqa: E402
+
+
+class BrightIsLiver(torch.nn.Module):
+    """A stand-in 'network': class 1 wherever the scaled intensity is high."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 10 * (x - 2.0)], dim=1)
+
+
+@pytest.mark.parametrize("direction", [None, rotation_direction((0, 0, 0), flips=(-1, 1, -1)),
+                                       rotation_direction((0, 0, 0), permutation=(1, 0, 2))])
+def test_reference_mask_lines_up_with_its_input(tmp_path, direction):
+    image, truth = ellipsoid_image(size=(50, 44, 18), spacing=(4.0, 4.0, 9.0), direction=direction)
+    path = tmp_path / "image.nii.gz"
+    sitk.WriteImage(image, str(path))
+    run_reference(path, tmp_path / "mask.nii.gz", BrightIsLiver())
+    mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
+    assert same_grid(mask, image)
+    assert dice(mask, truth) > 0.85
+
+
+def test_paper_network_is_the_published_architecture():
+    network, weights = paper_network(None)
+    assert weights == "untrained"
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert norms and not network.training
+    assert network(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+
+def test_summary_puts_engine_and_reference_side_by_side():
+    def row(pipeline, seconds, cold, dice_value):
+        return {"input": "case", "size": "8x8x8", "pipeline": pipeline, "weights": "w", "median_s": seconds,
+                "cold_s": cold, "process_s": cold, "peak_mb": 100.0, "dice": dice_value}
+
+    rows = [row("engine", 1.0, 3.0, 0.95), row("engine+radiomics", 2.5, 5.0, 0.95),
+            row("reference", 4.0, 6.0, float("nan"))]
+    line = summary(rows)[0]
+    assert line["speed_up"] == pytest.approx(4.0)
+    assert line["speed_up_cold"] == pytest.approx(2.0)
+    assert line["engine+radiomics_s"] == 2.5
+    assert math.isnan(line["reference_dice"])
+    text = markdown_summary(rows, "test machine")
+    assert "| case | 8x8x8 | 1.00 | 2.50 | 4.00 | 4.0x |" in text
+    assert "n/a" in text
+
+
+def test_largest_component_keeps_the_biggest_blob():
+    from reference_pipeline import _largest_component
+
+    label = np.zeros((10, 10, 10), np.uint8)
+    label[0:4, 0:4, 0:4] = 1
+    label[7:9, 7:9, 7:9] = 1
+    out = _largest_component(label)
+    assert out.sum() == 64 and out[8, 8, 8] == 0
