@@ -7,7 +7,6 @@ epochs cost no resampling.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
@@ -75,21 +74,10 @@ def _natural_key(text: str) -> list:
 
 
 def read_manifest(path: str | Path) -> list[CaseEntry]:
-    """A CSV manifest with columns image, label, optional case, liver_label, group."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as stream:
-            rows = list(csv.DictReader(stream))
-    except OSError as error:
-        raise InputError(path, f"cannot read manifest ({error.strerror})") from None
-    entries = []
-    for number, row in enumerate(rows, start=2):
-        if not row.get("image") or not row.get("label"):
-            raise InputError(path, f"line {number}: needs 'image' and 'label' columns")
-        image, label = (path.parent / row["image"]).resolve(), (path.parent / row["label"]).resolve()
-        entries.append(CaseEntry(row.get("case") or _strip(image.name), image, label,
-                                 int(row.get("liver_label") or 1), row.get("group") or ""))
-    return entries
+    """A manifest (CSV or JSON) of cases; see :func:`LiverVolumetryTraining.manifest.read_manifest`."""
+    from .manifest import read_manifest as _read_manifest
+
+    return _read_manifest(path)
 
 
 def _cache_key(entry: CaseEntry, prep: Preprocessing) -> str:
@@ -99,23 +87,82 @@ def _cache_key(entry: CaseEntry, prep: Preprocessing) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def load_entry(entry: CaseEntry) -> tuple[sitk.Image, sitk.Image]:
-    """Image (float32) and binary liver mask (uint8) on the image grid; checks the pair."""
+#: Grid attribute -> allclose tolerances under which a label's grid is its image's grid.
+_GRID_TOLERANCES = {"Spacing": {"rtol": 1e-4}, "Origin": {"atol": 1e-2}, "Direction": {"atol": 1e-4}}
+
+
+def _grid_differs(a, b, name: str) -> bool:
+    x, y = getattr(a, f"Get{name}")(), getattr(b, f"Get{name}")()
+    if name == "Size" or len(x) != len(y):
+        return tuple(x) != tuple(y)
+    return not np.allclose(x, y, **_GRID_TOLERANCES[name])
+
+
+def grids_match(a, b) -> bool:
+    """Whether two grids (``sitk.Image`` or a reader after ``ReadImageInformation``) are the
+    same: size, spacing (relative 1e-4), origin (0.01 mm) and direction (1e-4)."""
+    return not any(_grid_differs(a, b, name) for name in ("Size", *_GRID_TOLERANCES))
+
+
+def grid_difference(image, label) -> str:
+    """What differs between the image grid and the label grid, e.g.
+    'image size 10x10x5, label size 10x10x6' (arguments as for :func:`grids_match`)."""
+    def text(grid, name: str) -> str:
+        return "x".join(f"{float(v):.4g}" for v in getattr(grid, f"Get{name}")())
+
+    for name in ("Size", *_GRID_TOLERANCES):
+        if _grid_differs(image, label, name):
+            return f"image {name.lower()} {text(image, name)}, label {name.lower()} {text(label, name)}"
+    return "grids match"
+
+
+def read_case_image(entry: CaseEntry) -> sitk.Image:
+    """The entry's image (file or DICOM folder) as float32; errors name the case."""
     from LiverVolumetryLib.imageio import read_image
 
-    image = read_image(entry.image)
+    if not entry.image.exists():
+        raise InputError(entry.image, f"case {entry.case}: image file not found")
     try:
-        label = sitk.ReadImage(str(entry.label))
-    except RuntimeError:
-        raise InputError(entry.label, f"case {entry.case}: label cannot be read") from None
-    if label.GetSize() != image.GetSize() or not np.allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-4) \
-            or not np.allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-2) \
-            or not np.allclose(label.GetDirection(), image.GetDirection(), atol=1e-4):
-        raise InputError(entry.label, f"case {entry.case}: label grid does not match the image grid")
+        return read_image(entry.image)
+    except InputError as error:
+        raise InputError(error.path, f"case {entry.case}: image {error.cause}") from None
+
+
+def read_case_label(entry: CaseEntry, header_only: bool = False) -> sitk.Image | sitk.ImageFileReader:
+    """The entry's label image (or, with ``header_only``, a reader holding its header)."""
+    from LiverVolumetryLib.dicom import sitk_reason
+
+    if not entry.label.is_file():
+        what = "not found" if not entry.label.exists() else "is not a file"
+        raise InputError(entry.label, f"case {entry.case}: label file {what}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(entry.label))
+    try:
+        if header_only:
+            reader.ReadImageInformation()
+            return reader
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(entry.label, f"case {entry.case}: label cannot be read ({sitk_reason(error)})") from None
+
+
+def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:
+    """Binary uint8 mask of the voxels holding the entry's liver value; refuses an empty one."""
     liver = sitk.Cast(sitk.Equal(sitk.Cast(label, sitk.sitkInt32), entry.liver_label), sitk.sitkUInt8)
-    liver.CopyInformation(image)
     if not sitk.GetArrayViewFromImage(liver).any():
         raise InputError(entry.label, f"case {entry.case}: no voxel has the liver label {entry.liver_label}")
+    return liver
+
+
+def load_entry(entry: CaseEntry) -> tuple[sitk.Image, sitk.Image]:
+    """Image (float32) and binary liver mask (uint8) on the image grid; checks the pair."""
+    image = read_case_image(entry)
+    label = read_case_label(entry)
+    if not grids_match(image, label):
+        raise InputError(entry.label, f"case {entry.case}: label grid does not match the image grid "
+                                      f"({grid_difference(image, label)})")
+    liver = liver_mask(entry, label)
+    liver.CopyInformation(image)
     return image, liver
 
 
@@ -127,13 +174,14 @@ def preprocess_case(image: sitk.Image, liver: sitk.Image, prep: Preprocessing, c
 
 def cached_case(entry: CaseEntry, prep: Preprocessing, cache_dir: Path | None) -> CachedCase:
     """Preprocess a case once; later runs read the cached arrays."""
-    if cache_dir is not None:
+    present = entry.image.exists() and entry.label.exists()  # else load_entry says which is missing
+    if cache_dir is not None and present:
         key = _cache_key(entry, prep)
         image_file, label_file = cache_dir / f"{entry.case}-{key}-image.npy", cache_dir / f"{entry.case}-{key}-label.npy"
         if image_file.is_file() and label_file.is_file():
             return CachedCase(entry.case, np.load(image_file), np.load(label_file))
     case = preprocess_case(*load_entry(entry), prep, entry.case)
-    if cache_dir is not None:
+    if cache_dir is not None and present:
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.save(image_file, case.image)
         np.save(label_file, case.label)

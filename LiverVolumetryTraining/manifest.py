@@ -1,0 +1,178 @@
+"""Manifests: lists of training cases in a file, and their validation.
+
+A manifest is a CSV file with the columns ``image``, ``label`` and optionally ``case``,
+``liver_label`` (default 1) and ``group``, or a JSON file holding a list of objects with
+those keys (or an object ``{"cases": [...]}``). Relative paths are relative to the
+manifest's folder. :func:`write_manifest` writes one (CSV, or JSON for a ``.json``
+name) with paths relative to its folder for files inside that folder, absolute otherwise.
+
+:func:`check_entries` reports every problem of a list of cases (missing files,
+duplicated case names, label grid differing from the image grid, no liver voxel) as
+one line each, naming the case and the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from LiverVolumetryLib.atomic import write_text_atomic
+from LiverVolumetryLib.dicom import sitk_reason
+from LiverVolumetryLib.errors import InputError
+
+from .dataset import (CaseEntry, _strip, grid_difference, grids_match, liver_mask, load_entry, read_case_image,
+                      read_case_label)
+
+#: Columns of a manifest, in the order :func:`write_manifest` writes them.
+MANIFEST_COLUMNS = ("case", "image", "label", "liver_label", "group")
+
+
+def _is_json(path: Path, text: str) -> bool:
+    return path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{")
+
+
+def _json_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each object of a JSON manifest."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"is not valid JSON (line {error.lineno}: {error.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("cases"), list):
+        data = data["cases"]
+    if not isinstance(data, list):
+        raise InputError(path, 'a JSON manifest must be a list of cases or {"cases": [...]}')
+    for number, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise InputError(path, f"case {number}: is not an object with 'image' and 'label'")
+        yield f"case {number}", row
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each data line of a CSV manifest."""
+    reader = csv.DictReader(io.StringIO(text))
+    columns = [name.strip() for name in reader.fieldnames or []]
+    if "image" not in columns or "label" not in columns:
+        raise InputError(path, f"needs 'image' and 'label' columns (found: {', '.join(columns) or 'none'})")
+    for row in reader:
+        clean = {(key or "").strip(): (value or "").strip() if isinstance(value, str) else value
+                 for key, value in row.items()}
+        if any(clean.get(column) for column in MANIFEST_COLUMNS):  # skip blank lines
+            yield f"line {reader.line_num}", clean
+
+
+def _entry(path: Path, where: str, row: dict) -> CaseEntry:
+    """The CaseEntry of one manifest row; paths relative to the manifest's folder."""
+    image, label = row.get("image"), row.get("label")
+    if not isinstance(image, str) or not image or not isinstance(label, str) or not label:
+        raise InputError(path, f"{where}: needs 'image' and 'label'")
+    value = row.get("liver_label")
+    try:
+        number = 1 if value in (None, "") else float(value)
+        if number != int(number) or isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(path, f"{where}: liver_label {value!r} is not a whole number") from None
+    image_path, label_path = ((path.parent / os.path.expanduser(p)).resolve() for p in (image, label))
+    case = str(row.get("case") or "").strip() or _strip(image_path.name)
+    return CaseEntry(case, image_path, label_path, int(number), str(row.get("group") or "").strip())
+
+
+def read_manifest(path: str | Path) -> list[CaseEntry]:
+    """The cases of a CSV or JSON manifest (see the module docstring)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise InputError(path, f"cannot read manifest ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "cannot read manifest (not UTF-8 text)") from None
+    rows = _json_rows(path, text) if _is_json(path, text) else _csv_rows(path, text)
+    entries = [_entry(path, where, row) for where, row in rows]
+    if not entries:
+        raise InputError(path, "lists no cases")
+    return entries
+
+
+def _manifest_path(file: Path, folder: Path) -> str:
+    """``file`` relative to ``folder`` when inside it (POSIX separators), else absolute."""
+    file = Path(file).resolve()
+    try:
+        return file.relative_to(folder).as_posix()
+    except ValueError:
+        return str(file)
+
+
+def manifest_text(entries: Iterable[CaseEntry], folder: Path, as_json: bool = False) -> str:
+    """The text of a manifest of ``entries`` stored in ``folder``."""
+    folder = Path(folder).resolve()
+    rows = [{"case": e.case, "image": _manifest_path(e.image, folder), "label": _manifest_path(e.label, folder),
+             "liver_label": int(e.liver_label), "group": e.group} for e in entries]
+    if as_json:
+        return json.dumps({"cases": rows}, indent=1) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_manifest(entries: Iterable[CaseEntry], path: str | Path, overwrite: bool = True) -> Path:
+    """Write ``entries`` as a manifest (CSV; JSON for a ``.json`` name), atomically."""
+    path = Path(path)
+    text = manifest_text(entries, path.parent, as_json=path.suffix.lower() == ".json")
+    write_text_atomic(path, text, overwrite=overwrite)
+    return path
+
+
+def _image_header(entry: CaseEntry) -> sitk.ImageFileReader:
+    """A reader holding the header of the entry's image file."""
+    if not entry.image.exists():
+        raise InputError(entry.image, f"case {entry.case}: image file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(entry.image))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(entry.image, f"case {entry.case}: image cannot be read ({sitk_reason(error)})") from None
+    return reader
+
+
+def check_entry(entry: CaseEntry, full: bool = True) -> None:
+    """Raise a one-line InputError naming the case and the file if ``entry`` is unusable.
+
+    ``full`` reads the image as training does (:func:`load_entry`); otherwise only the
+    image file's header is read (a DICOM folder is still read), and the label's pixels.
+    """
+    if full:
+        load_entry(entry)
+        return
+    image = read_case_image(entry) if entry.image.is_dir() else _image_header(entry)
+    label = read_case_label(entry)
+    if not grids_match(image, label):
+        raise InputError(entry.label, f"case {entry.case}: label grid does not match the image grid "
+                                      f"({grid_difference(image, label)})")
+    liver_mask(entry, label)
+
+
+def check_entries(entries: Iterable[CaseEntry], full: bool = True) -> list[str]:
+    """Every problem of ``entries``, one line each naming the case and the file: duplicated
+    case names, then, per case, the first problem :func:`check_entry` finds."""
+    entries = list(entries)
+    problems, first_use = [], {}
+    for entry in entries:
+        if entry.case in first_use:
+            problems.append(str(InputError(entry.image, f"case {entry.case}: duplicated case name "
+                                                        f"(also used for {first_use[entry.case]})")))
+        first_use.setdefault(entry.case, entry.image)
+    for entry in entries:
+        try:
+            check_entry(entry, full=full)
+        except InputError as error:
+            problems.append(str(error))
+    return problems
