@@ -37,16 +37,20 @@ def _split(entries: list, val_cases: str | None, val_count: int, seed: int) -> t
 
 
 def cmd_train(args) -> int:
-    from .recipes import get_recipe
+    from .distributed import is_main_process
+    from .recipes import load_recipe
     from .train import train
 
-    recipe = get_recipe(args.recipe)
+    recipe = load_recipe(args.recipe)
     train_entries, val_entries = _split(_entries(args), args.val_cases, args.val_count, args.seed)
-    print(f"training on {[e.case for e in train_entries]}; validating on {[e.case for e in val_entries]}", flush=True)
+    if is_main_process():  # under torchrun, rank 0 speaks for all
+        print(f"training on {[e.case for e in train_entries]}; validating on {[e.case for e in val_entries]}",
+              flush=True)
     cache = Path(args.cache) if args.cache else Path(args.run) / "cache"
     train(args.run, recipe, train_entries, val_entries, cache_dir=cache, phantoms=args.phantoms,
           iterations=args.iterations, validate_every=args.validate_every, seed=args.seed,
-          log=lambda m: print(m, flush=True))
+          log=lambda m: print(m, flush=True), epochs=args.epochs, device=args.device,
+          progress=not args.no_progress)
     return 0
 
 
@@ -60,6 +64,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .converters import MANIFEST_NAME, convert
+
+    entries = convert(args.dataset, args.source, args.out, sequences=args.sequences, label_value=args.label_value,
+                      keep_organs=args.keep_organs, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+    print(f"wrote {len(entries)} cases to {Path(args.out) / MANIFEST_NAME}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .manifest import check_entries
+
+    entries = _entries(args)
+    problems = check_entries(entries)
+    for problem in problems:
+        print(problem, flush=True)
+    print(f"checked {len(entries)} cases: " + (f"{len(problems)} problem(s)" if problems else "all usable"))
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livervolumetry-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,11 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
     t.add_argument("--manifest", action="append", help="CSV with image,label[,case,liver_label,group]")
     t.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
-    t.add_argument("--run", required=True, help="run folder (config, log, checkpoints); re-run to resume")
-    t.add_argument("--recipe", default="liver-mri")
+    t.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder (config, log, checkpoints); re-run to resume (under torchrun: --run-dir)")
+    t.add_argument("--recipe", default="liver-mri",
+                   help="liver-mri, volumetry-net, or a JSON file ({\"base\": NAME, ...overrides})")
     t.add_argument("--val-cases", help="comma-separated case names held out for validation")
     t.add_argument("--val-count", type=int, default=3, help="held-out cases when --val-cases is not given")
-    t.add_argument("--iterations", type=int)
+    t.add_argument("--iterations", type=int, help="optimiser steps (overrides the recipe's length)")
+    t.add_argument("--epochs", type=int, help="passes over the training volumes (epoch-based recipes)")
+    t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--phantoms", type=int, help="synthetic T1 phantoms added to training")
     t.add_argument("--validate-every", type=int, default=250)
     t.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
@@ -87,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--card-notes", help="Markdown file appended to the generated MODEL.md (history, ablations)")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
+    c = sub.add_parser("convert", help="write a manifest (and NIfTI files where needed) for a public dataset")
+    c.add_argument("dataset", choices=("chaos", "amos", "liverhccseg", "totalseg", "pairs"))
+    c.add_argument("source", help="the dataset's folder as downloaded")
+    c.add_argument("-o", "--out", required=True, help="output folder: manifest.csv and converted NIfTI files")
+    c.add_argument("--sequences", nargs="+", choices=("t2spir", "t1-in", "t1-out"),
+                   help="chaos: series to convert (default all three)")
+    c.add_argument("--label-value", type=int, help="liver value in the source labels (default: amos 6, totalseg "
+                                                   "combined map 5, otherwise 1)")
+    c.add_argument("--keep-organs", action="store_true", help="chaos: keep kidneys and spleen as labels 2, 3, 4")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing manifest and converted files")
+    c.set_defaults(func=cmd_convert)
+    k = sub.add_parser("check", help="validate cases: files, case names, label grid, liver voxels")
+    k.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
+    k.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable)")
+    k.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
+    k.set_defaults(func=cmd_check)
     return parser
 
 

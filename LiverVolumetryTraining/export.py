@@ -49,6 +49,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
                      "cases": [e["case"] for e in config["train"]],
                      "validation_cases": [e["case"] for e in config["validation"]]},
     }
+    if config.get("iterations_per_epoch"):  # epoch-based recipes (volumetry-net)
+        spec["training"]["epochs"] = round(state["iteration"] / config["iterations_per_epoch"], 2)
     bundle = write_bundle(out_dir, state["model"], spec, overwrite=overwrite)
     val_entries = [CaseEntry(e["case"], Path(e["image"]), Path(e["label"]), e["liver_label"], e.get("group", ""))
                    for e in config["validation"]]

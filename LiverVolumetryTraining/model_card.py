@@ -19,6 +19,15 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows]])
 
 
+def _batch(recipe: dict) -> str:
+    """How a training step's batch is drawn, in words."""
+    if "volumes_per_batch" in recipe:  # epoch-based (volumetry-net)
+        pos, neg = recipe.get("pos_neg", [1, 1])
+        return (f"{recipe['volumes_per_batch']} volumes x {recipe.get('samples_per_volume')} patches per step, "
+                f"positive:negative centres {pos}:{neg}")
+    return f"batch {recipe.get('batch_size')}, positive fraction {recipe.get('positive_fraction')}"
+
+
 def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
     """Markdown model card for a ``model.json`` dict."""
     training, validation = spec.get("training", {}), spec.get("validation", {})
@@ -55,11 +64,12 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
             ("synthetic phantoms", f"{training.get('phantoms', 0)} seeded portal-venous T1-like phantoms "
                                    f"(`LiverVolumetryLib.phantom`), sampled in {recipe.get('phantom_fraction', 0):.0%} "
                                    "of patches"),
-            ("recipe", f"`{recipe.get('name', 'liver-mri')}`: patches {recipe.get('patch_size')}, batch "
-                       f"{recipe.get('batch_size')}, positive fraction {recipe.get('positive_fraction')}, loss "
-                       f"{recipe.get('loss')}, {json.dumps(recipe.get('optimizer'))}, {recipe.get('schedule')} "
+            ("recipe", f"`{recipe.get('name', 'liver-mri')}`: patches {recipe.get('patch_size')}, {_batch(recipe)}, "
+                       f"loss {recipe.get('loss')}, {json.dumps(recipe.get('optimizer'))}, {recipe.get('schedule')} "
                        f"schedule, augmentation '{recipe.get('augmentation')}'"),
-            ("iterations", f"{training.get('iterations')} (checkpoint: {training.get('checkpoint')})"),
+            ("iterations", f"{training.get('iterations')}"
+                           + (f" ({training['epochs']} epochs)" if training.get("epochs") is not None else "")
+                           + f" (checkpoint: {training.get('checkpoint')})"),
         ]),
         "",
         "## Validation",

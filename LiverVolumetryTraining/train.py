@@ -1,13 +1,16 @@
 """Training loop: patches from cached cases, validation on held-out cases, checkpoints.
 
-A run folder holds ``config.json`` (recipe + data + split), ``log.csv``, and the
-checkpoints ``last.pt``/``best.pt`` (plain dicts of tensors and numbers, loaded with
+A run folder holds ``config.json`` (recipe + data + split), ``log.csv`` (optionally
+``tensorboard/``), and the checkpoints ``last.pt``/``best.pt`` (plain dicts of tensors and
+numbers: ``model``, ``optimizer``, ``iteration``, ``best_dice``; loaded with
 ``weights_only=True``). Re-running the same command resumes from ``last.pt``.
+
+One process, or several under torchrun (DistributedDataParallel, see ``distributed.py``):
+the recipe's per-step batch is split across the ranks; rank 0 alone validates and writes.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -21,8 +24,10 @@ import torch
 from LiverVolumetryLib.bundle import InferenceSettings
 from LiverVolumetryLib.preprocess import Preprocessing
 
-from .augment import augment, sample_patch
 from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
+from .distributed import DistContext, distributed_session, unwrap, wrap_model
+from .run_log import RunLog
+from .sampling import build_sampler, iterations_per_epoch, total_iterations
 
 
 def build_network(recipe: dict) -> torch.nn.Module:
@@ -59,26 +64,41 @@ def dice_on_grid(probability: np.ndarray, label: np.ndarray, threshold: float = 
     return float(2 * np.logical_and(pred, truth).sum() / denominator) if denominator else 1.0
 
 
-def validate(network: torch.nn.Module, cases: Sequence[CachedCase], recipe: dict) -> dict[str, float]:
-    """Sliding-window Dice on the network grid for each held-out case (model selection)."""
+def _stride_product(recipe: dict) -> int:
+    product = 1
+    for stride in recipe["network"]["args"].get("strides", [2, 2, 2, 2]):
+        product *= int(stride if isinstance(stride, int) else max(stride))
+    return product
+
+
+def validate(network: torch.nn.Module, cases: Sequence[CachedCase], recipe: dict,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sliding-window Dice on the network grid for each held-out case (model selection).
+
+    Windows are ``roi_size`` but no larger than the case padded to the network's stride,
+    as the engine runs them.
+    """
     from monai.inferers import sliding_window_inference
 
     settings = InferenceSettings.from_dict(recipe["inference"])
+    multiple = _stride_product(recipe)
     network.eval()
     scores = {}
     with torch.inference_mode():
         for case in cases:
-            x = torch.from_numpy(case.image)[None, None]
-            logits = sliding_window_inference(x, settings.roi_size, 1, network, overlap=settings.overlap,
-                                              mode="gaussian", cval=float(case.image.min()))
-            scores[case.case] = dice_on_grid(torch.softmax(logits, 1)[0, 1].numpy(), case.label)
+            roi = tuple(min(r, math.ceil(s / multiple) * multiple) for r, s in zip(settings.roi_size, case.image.shape))
+            x = torch.from_numpy(case.image)[None, None].to(device)
+            logits = sliding_window_inference(x, roi, settings.sw_batch_size, network, overlap=settings.overlap,
+                                              mode=settings.mode, cval=float(case.image.min()))
+            prob = torch.softmax(logits.float(), 1)[0, 1].cpu().numpy()
+            scores[case.case] = dice_on_grid(prob, case.label, settings.threshold)
     network.train()
     return scores
 
 
 def _save_checkpoint(path: Path, network, optimizer, iteration: int, best: float) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"model": unwrap(network).state_dict(), "optimizer": optimizer.state_dict(),
                 "iteration": iteration, "best_dice": best}, tmp)
     tmp.replace(path)
 
@@ -87,83 +107,130 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _entry_dicts(entries: Sequence[CaseEntry]) -> list[dict]:
+    return [{**asdict(e), "image": str(e.image), "label": str(e.label)} for e in entries]
+
+
+def _learning_rate(recipe: dict, iteration: int, iterations: int) -> float:
+    base = recipe["optimizer"]["lr"]
+    if recipe.get("schedule") == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * iteration / iterations))
+    return base
+
+
+def _load_cases(entries, prep, cache_dir, ctx: DistContext) -> list[CachedCase]:
+    """Rank 0 preprocesses and fills the cache first; the other ranks then read it."""
+    if ctx.distributed and cache_dir is not None and not ctx.is_main:
+        ctx.barrier()
+    cases = [cached_case(e, prep, cache_dir) for e in entries]
+    if ctx.distributed and cache_dir is not None and ctx.is_main:
+        ctx.barrier()
+    return cases
+
+
+def _make_optimizer(network: torch.nn.Module, recipe: dict) -> torch.optim.Optimizer:
+    spec = recipe["optimizer"]
+    return getattr(torch.optim, spec["name"])(network.parameters(), lr=spec["lr"],
+                                              weight_decay=spec.get("weight_decay", 0.0))
+
+
 def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry], val_entries: Sequence[CaseEntry],
           cache_dir: Path | None = None, phantoms: int | None = None, iterations: int | None = None,
-          validate_every: int = 250, seed: int = 0, log=print) -> Path:
-    """Train (or resume) a run; returns the path of the last checkpoint."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    iterations = iterations or recipe["iterations"]
+          validate_every: int = 250, seed: int = 0, log=print, epochs: int | None = None, device: str = "auto",
+          progress: bool = False) -> Path:
+    """Train (or resume) a run; returns the path of the last checkpoint.
+
+    ``iterations`` (optimiser steps) or ``epochs`` (passes over the training volumes, for
+    epoch-based recipes) override the recipe's length. ``device``: auto, cpu or cuda.
+    Under torchrun every rank calls this; only rank 0 logs (``log``) and writes files.
+    """
+    with distributed_session(device) as ctx:
+        return _train(ctx, Path(run_dir), recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
+                      total_iterations(recipe, len(train_entries), iterations, epochs), validate_every, seed,
+                      log, progress)
+
+
+def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[CaseEntry],
+           val_entries: list[CaseEntry], cache_dir: Path | None, phantoms: int | None, iterations: int,
+           validate_every: int, seed: int, log, progress: bool) -> Path:
+    say = log if ctx.is_main else (lambda message: None)
     phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
     prep = Preprocessing.from_dict(recipe["preprocessing"])
-    config = {"recipe": recipe, "iterations": iterations, "phantoms": phantoms, "seed": seed,
-              "train": [{**asdict(e), "image": str(e.image), "label": str(e.label)} for e in train_entries],
-              "validation": [{**asdict(e), "image": str(e.image), "label": str(e.label)} for e in val_entries]}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    per_epoch = iterations_per_epoch(recipe, len(train_entries)) if "volumes_per_batch" in recipe else None
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {"recipe": recipe, "iterations": iterations, "phantoms": phantoms, "seed": seed,
+                  "iterations_per_epoch": per_epoch, "world_size": ctx.world_size, "device": str(ctx.device),
+                  "train": _entry_dicts(train_entries), "validation": _entry_dicts(val_entries)}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    log(f"preprocessing {len(train_entries)} training and {len(val_entries)} validation cases ...")
-    train_cases = [cached_case(e, prep, cache_dir) for e in train_entries]
-    val_cases = [cached_case(e, prep, cache_dir) for e in val_entries]
+    say(f"preprocessing {len(train_entries)} training and {len(val_entries)} validation cases ...")
+    train_cases = _load_cases(train_entries, prep, cache_dir, ctx)
+    val_cases = [cached_case(e, prep, cache_dir) for e in val_entries] if ctx.is_main else []  # rank 0 validates
     phantom_cases = _phantom_cases(phantoms, prep) if phantoms and recipe.get("phantom_fraction", 0) > 0 else []
-    log(f"{len(phantom_cases)} phantoms ready")
+    say(f"{len(phantom_cases)} phantoms ready")
 
     network = build_network(recipe)
-    opt_spec = recipe["optimizer"]
-    optimizer = getattr(torch.optim, opt_spec["name"])(network.parameters(), lr=opt_spec["lr"],
-                                                      weight_decay=opt_spec.get("weight_decay", 0.0))
+    if ctx.rank:
+        torch.manual_seed(seed + ctx.rank)  # own dropout stream; weights come from rank 0
     start, best = 0, -1.0
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
+    last_path = run_dir / "last.pt"
+    ctx.barrier()  # rank 0 has created the run folder
+    state = load_checkpoint(last_path) if last_path.is_file() else None
+    if state is not None:
         network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start, best = int(state["iteration"]), float(state["best_dice"])
-        rng = np.random.default_rng([seed, start])
-        log(f"resuming at iteration {start}")
+        say(f"resuming at iteration {start}")
+    network = wrap_model(network, ctx)
+    optimizer = _make_optimizer(unwrap(network), recipe)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])  # its state follows the parameters' device
+    sampler = build_sampler(recipe, train_cases, phantom_cases, seed, ctx.rank, ctx.world_size, start)
     loss_fn = _loss(recipe["loss"])
-    patch = tuple(recipe["patch_size"])
-    log_path = run_dir / "log.csv"
-    new_log = not log_path.is_file()
-    with open(log_path, "a", newline="") as log_stream:
-        writer = csv.writer(log_stream)
-        if new_log:
-            writer.writerow(["iteration", "loss", "lr", "val_dice_mean", "seconds"])
+    say(f"{iterations} iterations" + (f" ({per_epoch} per epoch)" if per_epoch else "")
+        + f" on {ctx.world_size} process(es), device {ctx.device}")
+    with RunLog(run_dir, iterations, start, enabled=ctx.is_main, progress=progress, message=log) as run_log:
         network.train()
         began, running = time.time(), []
         for iteration in range(start, iterations):
-            lr = opt_spec["lr"] * (0.5 * (1 + math.cos(math.pi * iteration / iterations))
-                                   if recipe.get("schedule") == "cosine" else 1.0)
+            lr = _learning_rate(recipe, iteration, iterations)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = [], []
-            for _ in range(recipe["batch_size"]):
-                pool = phantom_cases if phantom_cases and rng.random() < recipe.get("phantom_fraction", 0) else train_cases
-                case = pool[rng.integers(len(pool))]
-                img, lab = sample_patch(case.image, case.label, patch, rng.random() < recipe["positive_fraction"], rng)
-                img, lab = augment(img, lab, rng, recipe.get("augmentation", "none"))
-                images.append(img)
-                labels.append(lab)
-            x = torch.from_numpy(np.stack(images)[:, None])
-            y = torch.from_numpy(np.stack(labels)[:, None].astype(np.int64))
-            loss = loss_fn(network(x), y)
+            x, y = sampler.batch(iteration)
+            loss = loss_fn(network(x.to(ctx.device)), y.to(ctx.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             running.append(loss.item())
             done = iteration + 1
+            run_log.step(done, running[-1], lr)
             if done % validate_every == 0 or done == iterations:
-                scores = validate(network, val_cases, recipe) if val_cases else {}
-                mean = float(np.mean(list(scores.values()))) if scores else float("nan")
-                if scores and mean > best:
-                    best = mean
-                    _save_checkpoint(best_path, network, optimizer, done, best)
-                _save_checkpoint(last_path, network, optimizer, done, best)
-                elapsed = time.time() - began
-                writer.writerow([done, f"{np.mean(running):.4f}", f"{lr:.2e}", f"{mean:.4f}", f"{elapsed:.0f}"])
-                log_stream.flush()
-                log(f"it {done}/{iterations} loss {np.mean(running):.4f} lr {lr:.1e} val dice {mean:.4f} "
-                    f"({', '.join(f'{k}={v:.3f}' for k, v in scores.items())}) {elapsed:.0f}s")
+                loss_mean = ctx.mean(float(np.mean(running)))
+                if ctx.is_main:
+                    best = _checkpoint(run_dir, network, optimizer, val_cases, recipe, ctx, (done, iterations), best,
+                                       loss_mean, lr, time.time() - began, per_epoch, run_log)
+                ctx.barrier()
                 running = []
     return last_path
+
+
+def _checkpoint(run_dir: Path, network, optimizer, val_cases, recipe, ctx: DistContext, at: tuple[int, int],
+                best: float, loss: float, lr: float, elapsed: float, per_epoch: int | None, run_log: RunLog) -> float:
+    """Rank 0: validate, save best/last, log; returns the best validation Dice so far.
+
+    ``at``: (completed iterations, total); ``loss``: mean training loss since the last row.
+    """
+    done, total = at
+    scores = validate(unwrap(network), val_cases, recipe, ctx.device) if val_cases else {}
+    mean = float(np.mean(list(scores.values()))) if scores else float("nan")
+    if scores and mean > best:
+        best = mean
+        _save_checkpoint(run_dir / "best.pt", network, optimizer, done, best)
+    _save_checkpoint(run_dir / "last.pt", network, optimizer, done, best)
+    epoch = f"{done / per_epoch:.2f}" if per_epoch else ""
+    run_log.validation({"iteration": done, "loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "val_dice_mean": f"{mean:.4f}",
+                        "seconds": f"{elapsed:.0f}", "epoch": epoch}, scores)
+    run_log.message(f"it {done}/{total} loss {loss:.4f} lr {lr:.1e} val dice {mean:.4f} "
+                    f"({', '.join(f'{k}={v:.3f}' for k, v in scores.items())}) {elapsed:.0f}s")
+    return best
