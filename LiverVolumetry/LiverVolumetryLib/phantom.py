@@ -7,8 +7,10 @@ Superior). It is drawn from the seed alone and then evaluated at the voxel centr
 the chosen grid, so the same seed gives the same anatomy in physical space whatever the
 grid's spacing, orientation or obliquity, and the liver mask always lines up with the
 image. Shapes are only evaluated inside their bounding boxes to keep rendering fast.
-The anatomy itself lives in ``phantom_anatomy``; this module chooses the grid, renders
-the anatomy into tissue classes and turns them into MR intensities.
+The anatomy itself lives in ``phantom_anatomy``; this module chooses the grid and renders
+the anatomy into appearance classes, which ``phantom_contrast`` turns into MR intensities
+of the chosen contrast (``CONTRASTS``). Anatomy, grid and liver mask do not depend on the
+contrast: for one seed, only the intensities change.
 
 Used by the tests, the ``livervolumetry demo`` command and as extra training data.
 """
@@ -19,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .phantom_anatomy import (_Anatomy, _Block, _Ellipsoid, _Grid, _dome, _ellipse_q, _liver_room, _make_anatomy,
                               _rotation)
+from .phantom_contrast import _APPEARANCE, _C, CONTRASTS, _signal
 
 TISSUE_NAMES: dict[int, str] = {
     0: "air/outside", 1: "liver parenchyma", 2: "liver lesion (hypointense)",
@@ -32,26 +34,9 @@ TISSUE_NAMES: dict[int, str] = {
     12: "lung", 13: "gallbladder",
 }
 LIVER_TISSUES: tuple[int, ...] = (1, 2, 3, 4)  # tissue labels making up the liver mask
-CONTRASTS: tuple[str, ...] = ("t1_portal_venous", "t2")
 ORIENTATIONS: tuple[str, ...] = ("LPS", "RAS", "LAS", "RPS", "LPI", "RPI", "RAI", "PIL", "LIP", "RSA")
 MAX_RANDOM_VOXELS = 4_000_000
 
-# Appearance classes: name -> (tissue label, T1 portal-venous, T2, texture amplitude).
-# Intensities are relative to liver parenchyma = 1 before jitter, bias, noise and scale.
-_APPEARANCE: dict[str, tuple[int, float, float, float]] = {
-    "air": (0, 0.0, 0.0, 0.0), "gas": (0, 0.03, 0.03, 0.5), "lung": (12, 0.08, 0.06, 0.4),
-    "fat": (9, 0.32, 0.85, 0.06), "muscle": (10, 0.5, 0.45, 0.05), "heart": (11, 1.5, 0.7, 0.08),
-    "bowel_wall": (11, 1.05, 0.95, 0.08), "bowel_fluid": (11, 0.35, 2.0, 0.12),
-    "stomach_wall": (11, 1.1, 0.9, 0.05), "liver": (1, 1.0, 1.0, 0.03),
-    "lesion_hypo": (2, 0.45, 2.2, 0.06), "lesion_rim": (2, 1.2, 1.3, 0.05),
-    "lesion_hyper": (3, 1.45, 1.9, 0.04), "vessel": (4, 1.65, 1.6, 0.03),
-    "spleen": (5, 1.12, 1.7, 0.03), "kidney_cortex": (6, 1.7, 1.5, 0.03),
-    "kidney_medulla": (6, 1.25, 2.0, 0.04), "kidney_sinus": (6, 0.35, 0.9, 0.08),
-    "marrow": (7, 0.7, 0.75, 0.08), "cortical_bone": (7, 0.12, 0.1, 0.05),
-    "disc": (11, 0.6, 1.4, 0.05), "csf": (11, 0.25, 2.6, 0.03), "blood": (8, 1.8, 1.2, 0.03),
-    "gallbladder": (13, 0.2, 2.8, 0.02),
-}
-_C = {name: code for code, name in enumerate(_APPEARANCE)}
 _TISSUE_OF = np.array([v[0] for v in _APPEARANCE.values()], np.uint8)
 _LIVER_CODES = [_C[n] for n in ("liver", "vessel", "lesion_hypo", "lesion_rim", "lesion_hyper")]
 
@@ -210,33 +195,6 @@ def _paint_liver(app: np.ndarray, an: _Anatomy, g: _Grid, cav: np.ndarray) -> No
             _paint(app, blk, q < (1 - 3.0 / e.a.min()) ** 2, "lesion_hypo", only=_LIVER_CODES)
 
 
-# ----------------------------------------------------------------------------- MRI signal
-def _signal(app: np.ndarray, contrast: str, rng: np.random.Generator, spacing: np.ndarray) -> np.ndarray:
-    """MR intensities: tissue values with texture, partial-volume blur, bias, Rician noise, scale."""
-    col = 1 if contrast == "t1_portal_venous" else 2
-    vals = np.array([v[col] for v in _APPEARANCE.values()], np.float32)
-    vals *= rng.uniform(0.9, 1.1, len(_C)).astype(np.float32)
-    vals[_C["liver"]] = 1.0
-    if col == 1:
-        vals[_C["spleen"]] = rng.uniform(1.03, 1.2)
-    else:  # with or without fat saturation
-        vals[_C["fat"]] = rng.uniform(0.3, 0.9)
-    amp = np.array([v[3] for v in _APPEARANCE.values()], np.float32)
-    tex = rng.standard_normal(app.shape, dtype=np.float32)
-    tex = ndimage.gaussian_filter(tex, np.maximum(1.5 / spacing[::-1], 0.4), truncate=3.0)
-    tex /= max(float(tex[::2, ::3, ::3].std()), 1e-6)
-    img = vals[app] * (1 + amp[app] * tex)
-    img = ndimage.gaussian_filter(img, 0.5, truncate=2.5)
-    bias = [np.polynomial.polynomial.polyval(np.linspace(-1, 1, n), [0, *rng.uniform(-0.1, 0.1, 2)]).astype(np.float32)
-            for n in app.shape]
-    img *= np.exp(bias[0][:, None, None] + bias[1][None, :, None] + bias[2][None, None, :])
-    sigma = np.float32(rng.uniform(0.02, 0.06))
-    n1 = rng.standard_normal(app.shape, dtype=np.float32)
-    n2 = rng.standard_normal(app.shape, dtype=np.float32)
-    img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)
-    return img * np.float32(rng.uniform(100, 2000))
-
-
 # ----------------------------------------------------------------------------- grid choice
 def _direction(orientation: str) -> np.ndarray:
     o = orientation.upper() if isinstance(orientation, str) else ""
@@ -274,9 +232,11 @@ def _make_grid(rng: np.random.Generator, an: _Anatomy, shape, spacing, orientati
     return _Grid(size, sp, origin, d)
 
 
-def _check(shape, spacing, contrast: str) -> None:
+def _check(shape, spacing, contrast: str, liver_fat: float | None) -> None:
     if contrast not in CONTRASTS:
         raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+    if liver_fat is not None and not 0.0 <= float(liver_fat) <= 1.0:
+        raise ValueError(f"liver_fat_fraction must be between 0 and 1, got {liver_fat!r}")
     if shape is not None and (len(shape) != 3 or min(int(s) for s in shape) < 1):
         raise ValueError(f"shape must be 3 positive sizes (i, j, k), got {shape!r}")
     if spacing is not None and (len(spacing) != 3 or not all(float(s) > 0 for s in spacing)):
@@ -285,7 +245,8 @@ def _check(shape, spacing, contrast: str) -> None:
 
 def make_phantom(seed: int = 0, *, shape: tuple[int, int, int] | None = None,
                  spacing: tuple[float, float, float] | None = None, orientation: str | None = None,
-                 oblique_degrees: float | None = None, contrast: str = "t1_portal_venous") -> Phantom:
+                 oblique_degrees: float | None = None, contrast: str = "t1_portal_venous",
+                 liver_fat_fraction: float | None = None) -> Phantom:
     """Synthetic abdominal MRI and its liver mask, fully determined by the arguments.
 
     The anatomy depends on ``seed`` only; geometry arguments left as None are drawn from
@@ -293,15 +254,23 @@ def make_phantom(seed: int = 0, *, shape: tuple[int, int, int] | None = None,
     third value is the slice spacing. ``orientation`` is a DICOMOrient code (direction
     each index axis points to, e.g. "LPS", "RAS", "PIL"); ``oblique_degrees`` rotates
     the grid by that angle about a random axis (None: 0-15 degrees in 40 % of seeds).
-    ``contrast``: "t1_portal_venous" (fat-saturated portal-venous T1) or "t2".
+    ``contrast`` (see ``phantom_contrast``): "t1_portal_venous" (fat-saturated T1,
+    portal-venous phase), "t2", or the two echoes of an unenhanced dual-echo T1 gradient
+    echo without fat saturation (CHAOS T1-DUAL): "t1_in_phase" (water + fat) and
+    "t1_opposed_phase" (|water - fat|: dark rims at fat/water boundaries, signal drop of
+    a fatty liver). The anatomy, grid and liver mask of a seed are the same for every
+    contrast, and the two echoes of a seed share all random draws (one acquisition).
+    ``liver_fat_fraction`` sets the liver's fat fraction for the dual-echo contrasts
+    (None: drawn from the seed in ``phantom_contrast.LIVER_FAT_RANGE``, 0-0.2; other
+    contrasts ignore it).
     """
-    _check(shape, spacing, contrast)
+    _check(shape, spacing, contrast, liver_fat_fraction)
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     an = _make_anatomy(np.random.default_rng([int(seed), 1]))
     g = _make_grid(np.random.default_rng([int(seed), 2]), an, shape, spacing, orientation, oblique_degrees)
     app = _render(an, g)
-    img = _signal(app, contrast, np.random.default_rng([int(seed), 3]), g.spacing)
+    img = _signal(app, contrast, np.random.default_rng([int(seed), 3]), g.spacing, liver_fat_fraction)
     tissues = _TISSUE_OF[app]
     liver = np.isin(tissues, LIVER_TISSUES).astype(np.uint8)
     out = []

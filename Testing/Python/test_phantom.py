@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverVolumetryLib.phantom import MAX_RANDOM_VOXELS, TISSUE_NAMES, Phantom, _make_grid, make_phantom
+from scipy import ndimage
+
+from LiverVolumetryLib.phantom import CONTRASTS, MAX_RANDOM_VOXELS, TISSUE_NAMES, Phantom, _make_grid, make_phantom
 from LiverVolumetryLib.phantom_anatomy import _make_anatomy
 
 SMALL = dict(shape=(64, 64, 24), spacing=(6.0, 6.0, 10.0))
@@ -144,6 +146,69 @@ def test_random_geometry_respects_ranges():
 
 
 def test_bad_arguments():
-    for kwargs in (dict(contrast="ct"), dict(orientation="LLS"), dict(shape=(0, 4, 4)), dict(spacing=(1, -1, 1))):
+    for kwargs in (dict(contrast="ct"), dict(contrast="t1_dual"), dict(contrast="T2"), dict(orientation="LLS"),
+                   dict(shape=(0, 4, 4)), dict(spacing=(1, -1, 1)), dict(liver_fat_fraction=1.5)):
         with pytest.raises(ValueError):
             make_phantom(0, **kwargs)
+
+
+# --------------------------------------------------------------------------- dual-echo T1 (in/opposed phase)
+DUAL = dict(shape=(64, 56, 24), spacing=(6.0, 6.0, 10.0))
+WATER = (1, 5, 8, 10, 11)  # tissue labels without fat: liver, spleen, blood, muscle, other soft tissue
+
+
+def _echoes(seed: int, liver_fat: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """In-phase image, opposed-phase image and tissue labels of one seed."""
+    ip, _, tissues = _arrays(make_phantom(seed, contrast="t1_in_phase", liver_fat_fraction=liver_fat, **DUAL))
+    op, _, tissues_op = _arrays(make_phantom(seed, contrast="t1_opposed_phase", liver_fat_fraction=liver_fat, **DUAL))
+    np.testing.assert_array_equal(tissues, tissues_op)
+    return ip, op, tissues
+
+
+def test_anatomy_and_liver_mask_identical_across_all_contrasts():
+    assert {"t1_portal_venous", "t2", "t1_in_phase", "t1_opposed_phase"} <= set(CONTRASTS)
+    ref = make_phantom(4, **DUAL)
+    images = [sitk.GetArrayFromImage(ref.image)]
+    for contrast in CONTRASTS:
+        p = make_phantom(4, contrast=contrast, **DUAL)
+        np.testing.assert_array_equal(_arrays(p)[1], _arrays(ref)[1])
+        np.testing.assert_array_equal(_arrays(p)[2], _arrays(ref)[2])
+        assert p.liver.GetOrigin() == ref.liver.GetOrigin() and p.liver.GetDirection() == ref.liver.GetDirection()
+        images.append(sitk.GetArrayFromImage(p.image))
+    assert all(not np.array_equal(a, b) for k, a in enumerate(images[1:]) for b in images[k + 2:])  # all differ
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_in_phase_contrast(seed):
+    p = make_phantom(seed, contrast="t1_in_phase", **DUAL)
+    assert _median_ratio(p, 9, 1) > 1.2            # fat bright without fat saturation
+    assert _median_ratio(p, 5, 1) < 0.95           # spleen darker than liver on unenhanced T1
+    assert _median_ratio(p, 1, 10) > 1.15          # liver brighter than muscle
+    assert _median_ratio(p, 8, 1) < 0.8            # no contrast agent: blood dark
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_opposed_phase_india_ink_rims_at_fat_water_boundaries(seed):
+    ip, op, tissues = _echoes(seed, liver_fat=0.0)
+    fat, water = tissues == 9, np.isin(tissues, WATER)
+    rim = water & ndimage.binary_dilation(fat)                  # water voxels touching fat
+    deep = water & ~ndimage.binary_dilation(fat, iterations=2)
+    assert rim.sum() > 100 and deep.sum() > 100
+    liver_ip, liver_op = np.median(ip[tissues == 1]), np.median(op[tissues == 1])
+    assert op[rim].mean() / liver_op < 0.75 * ip[rim].mean() / liver_ip          # dark rim in opposed phase
+    assert 0.85 < (op[deep].mean() / liver_op) / (ip[deep].mean() / liver_ip) < 1.2  # not a global drop
+    # Far from anything fatty the two echoes of one acquisition are identical.
+    cube = np.ones((3, 3, 3), bool)  # the support of the partial-volume blur
+    away = ~ndimage.binary_dilation(np.isin(tissues, (6, 7, 9)), cube) & (tissues > 0)
+    assert away.sum() > 100
+    np.testing.assert_array_equal(op[away], ip[away])
+
+
+def test_opposed_phase_signal_drop_of_fatty_liver():
+    def drop(liver_fat: float | None) -> float:
+        ip, op, tissues = _echoes(1, liver_fat)
+        ratio = [np.median(im[tissues == 1]) / np.median(im[tissues == 10]) for im in (ip, op)]
+        return float(ratio[1] / ratio[0])   # liver/muscle, opposed relative to in-phase
+    lean, fatty, drawn = drop(0.0), drop(0.2), drop(None)
+    assert fatty < 0.75 * lean                                 # |1 - 2 * 0.2| = 0.6 expected
+    assert 0.95 * fatty < drawn < 1.05 * lean                  # random steatosis stays within 0-0.2
