@@ -18,7 +18,7 @@ def _entries(args) -> list:
     for manifest in args.manifest or []:
         entries += read_manifest(manifest)
     if not entries:
-        raise LiverVolumetryError("no training data: give --data FOLDER or --manifest CSV")
+        raise LiverVolumetryError("no cases: give --data FOLDER or --manifest FILE")
     return entries
 
 
@@ -84,6 +84,18 @@ def cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    if args.model and args.predictions:
+        raise LiverVolumetryError("give --model or --predictions, not both")
+    result = evaluate(_entries(args), args.out, model=args.model, predictions=args.predictions,
+                      radiomics=not args.no_radiomics, device=args.device, log=lambda m: print(m, flush=True),
+                      overwrite=args.overwrite)
+    print(f"evaluated {len(result.cases)} cases in {result.seconds:.0f} s: see {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livervolumetry-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable)")
     k.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
     k.set_defaults(func=cmd_check)
+    v = sub.add_parser("evaluate", help="Dice/HD95/ASSD, volume ICC and Bland-Altman, radiomics ICC vs reference masks")
+    v.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
+    v.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable; its 'group' column "
+                                                       "enables the Mann-Whitney test of Dice between two groups)")
+    v.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
+    v.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    v.add_argument("--predictions", help="folder of ready-made masks <case>.nii.gz or <case>_liver.nii.gz "
+                                         "instead of running a model")
+    v.add_argument("--no-radiomics", action="store_true", help="skip the radiomics agreement (much faster)")
+    v.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    v.add_argument("-o", "--out", required=True, help="output folder (cases.csv, summary.json, report.md, plots)")
+    v.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    v.set_defaults(func=cmd_evaluate)
     return parser
 
 
