@@ -36,7 +36,6 @@ PIPELINES = ("engine", "engine+radiomics", "reference")
 
 def _child_main(args: argparse.Namespace) -> None:
     """Run one pipeline ``--repeats`` times on one image; print a JSON line."""
-    import resource
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -51,7 +50,7 @@ def _child_main(args: argparse.Namespace) -> None:
         sys.path.insert(0, str(HERE))
         from reference_pipeline import paper_network, run_reference
 
-        network, weights = paper_network(args.reference_model)
+        network, weights = paper_network(None if args.reference_model == "untrained" else args.reference_model)
         network = network.to(args.device)
         imported = time.perf_counter() - began
         for _ in range(args.repeats):
@@ -59,8 +58,6 @@ def _child_main(args: argparse.Namespace) -> None:
             stages = run_reference(args.image, out_dir / "mask.nii.gz", network, args.device)
             runs.append({"total": time.perf_counter() - t, **stages})
     else:
-        import SimpleITK as sitk
-
         from LiverVolumetryLib.bundle import load_bundle
         from LiverVolumetryLib.imageio import read_image
         from LiverVolumetryLib.measure import measure
@@ -86,9 +83,21 @@ def _child_main(args: argparse.Namespace) -> None:
                 run["radiomics"] = time.perf_counter() - t3
             run["total"] = time.perf_counter() - t0
             runs.append(run)
-        del sitk
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"imports": imported, "runs": runs, "peak_mb": peak_mb, "weights": weights}))
+    print(json.dumps({"imports": imported, "runs": runs, "peak_mb": _peak_mb(), "weights": weights}))
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec;
+    ru_maxrss would also count the parent's memory at fork time."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _median(values: list[float]) -> float:
@@ -115,8 +124,7 @@ def _run_child(pipeline: str, image: Path, workdir: Path, args: argparse.Namespa
                "--threads", str(args.threads)]
     if args.model:
         command += ["--model", str(args.model)]
-    if args.reference_model:
-        command += ["--reference-model", str(args.reference_model)]
+    command += ["--reference-model", str(args.reference_model)]
     began = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - began
@@ -197,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="engine bundle (default: the bundled model)")
-    parser.add_argument("--reference-model", help="a volumetry-net bundle for the reference (default: untrained)")
+    parser.add_argument("--reference-model", default=str(HERE / "reference-model"),
+                        help="volumetry-net bundle for the reference (default: benchmarks/reference-model; "
+                             "'untrained' for random weights, timing only)")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for benchmark.csv / benchmark.md")
     parser.add_argument("--quick", action="store_true", help="one tiny phantom, one repeat (smoke test)")
     parser.add_argument("--child", choices=PIPELINES, help=argparse.SUPPRESS)
