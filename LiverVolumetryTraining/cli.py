@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="passes over the training volumes (epoch-based recipes)")
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--phantoms", type=int, help="synthetic T1 phantoms added to training")
+    t.add_argument("--phantoms", type=int, help="synthetic phantoms added to training (contrasts: the recipe's phantom_contrasts)")
     t.add_argument("--validate-every", type=int, default=250)
     t.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
     t.add_argument("--seed", type=int, default=0)

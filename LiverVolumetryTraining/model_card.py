@@ -61,7 +61,8 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
         _table([
             ("data", data_credit),
             ("training cases", ", ".join(map(str, training.get("cases", [])))),
-            ("synthetic phantoms", f"{training.get('phantoms', 0)} seeded portal-venous T1-like phantoms "
+            ("synthetic phantoms", f"{training.get('phantoms', 0)} seeded phantoms "
+                                   f"({', '.join(recipe.get('phantom_contrasts', ['t1_portal_venous']))}) "
                                    f"(`LiverVolumetryLib.phantom`), sampled in {recipe.get('phantom_fraction', 0):.0%} "
                                    "of patches"),
             ("recipe", f"`{recipe.get('name', 'liver-mri')}`: patches {recipe.get('patch_size')}, {_batch(recipe)}, "

@@ -78,6 +78,8 @@ RECIPES: dict[str, dict] = {
         "iterations": 6000,
         "augmentation": "mild",
         "phantom_fraction": 0.15,
+        # Phantom contrasts, taken in turn (also "t2", "t1_in_phase", "t1_opposed_phase").
+        "phantom_contrasts": ["t1_portal_venous"],
         "inference": {"roi_size": [224, 224, 128], "overlap": 0.25, "sw_batch_size": 1, "mode": "gaussian", "threshold": 0.5},
     },
     # Gross et al., Eur Radiol 2024 ("Volumetry-Net"), as published; epochs, not iterations.

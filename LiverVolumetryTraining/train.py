@@ -47,13 +47,16 @@ def _loss(name: str):
     raise ValueError(f"unknown loss {name!r}")
 
 
-def _phantom_cases(count: int, prep: Preprocessing, seed: int = 1000) -> list[CachedCase]:
+def _phantom_cases(count: int, prep: Preprocessing, seed: int = 1000,
+                   contrasts: Sequence[str] = ("t1_portal_venous",)) -> list[CachedCase]:
+    """``count`` seeded phantoms, their contrasts taken in turn from ``contrasts``."""
     from LiverVolumetryLib.phantom import make_phantom
 
     cases = []
     for k in range(count):
-        phantom = make_phantom(seed + k)
-        cases.append(preprocess_case(phantom.image, phantom.liver, prep, f"phantom-{seed + k}"))
+        contrast = contrasts[k % len(contrasts)]
+        phantom = make_phantom(seed + k, contrast=contrast)
+        cases.append(preprocess_case(phantom.image, phantom.liver, prep, f"phantom-{seed + k}-{contrast}"))
     return cases
 
 
@@ -168,7 +171,9 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     say(f"preprocessing {len(train_entries)} training and {len(val_entries)} validation cases ...")
     train_cases = _load_cases(train_entries, prep, cache_dir, ctx)
     val_cases = [cached_case(e, prep, cache_dir) for e in val_entries] if ctx.is_main else []  # rank 0 validates
-    phantom_cases = _phantom_cases(phantoms, prep) if phantoms and recipe.get("phantom_fraction", 0) > 0 else []
+    contrasts = recipe.get("phantom_contrasts", ["t1_portal_venous"])
+    phantom_cases = (_phantom_cases(phantoms, prep, contrasts=contrasts)
+                     if phantoms and recipe.get("phantom_fraction", 0) > 0 else [])
     say(f"{len(phantom_cases)} phantoms ready")
 
     network = build_network(recipe)

@@ -88,3 +88,16 @@ def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):
     assert 0.0 <= meta["validation"]["dice_mean"] <= 1.0
     card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
     assert f"{meta['validation']['dice_mean']:.3f}" in card and meta["weights"]["sha256"] in card
+
+
+def test_training_phantoms_take_the_recipes_contrasts_in_turn():
+    from LiverVolumetryLib.preprocess import Preprocessing
+    from LiverVolumetryTraining.train import _phantom_cases
+
+    prep = Preprocessing(spacing=(6.0, 6.0, 6.0))
+    mixed = _phantom_cases(2, prep, seed=7, contrasts=("t1_in_phase", "t2"))
+    plain = _phantom_cases(2, prep, seed=7)
+    assert [c.case for c in mixed] == ["phantom-7-t1_in_phase", "phantom-8-t2"]
+    for m, p in zip(mixed, plain):
+        assert np.array_equal(m.label, p.label)  # same anatomy
+        assert not np.allclose(m.image, p.image)  # other contrast
