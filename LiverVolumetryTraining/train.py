@@ -23,6 +23,7 @@ import torch
 
 from LiverVolumetryLib.bundle import InferenceSettings
 from LiverVolumetryLib.preprocess import Preprocessing
+from LiverVolumetryLib.segment import stride_product, window_roi
 
 from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
 from .distributed import DistContext, distributed_session, unwrap, wrap_model
@@ -67,29 +68,21 @@ def dice_on_grid(probability: np.ndarray, label: np.ndarray, threshold: float = 
     return float(2 * np.logical_and(pred, truth).sum() / denominator) if denominator else 1.0
 
 
-def _stride_product(recipe: dict) -> int:
-    product = 1
-    for stride in recipe["network"]["args"].get("strides", [2, 2, 2, 2]):
-        product *= int(stride if isinstance(stride, int) else max(stride))
-    return product
-
-
 def validate(network: torch.nn.Module, cases: Sequence[CachedCase], recipe: dict,
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Sliding-window Dice on the network grid for each held-out case (model selection).
 
-    Windows are ``roi_size`` but no larger than the case padded to the network's stride,
-    as the engine runs them.
+    Windows are chosen as the engine chooses them (``window_roi``).
     """
     from monai.inferers import sliding_window_inference
 
     settings = InferenceSettings.from_dict(recipe["inference"])
-    multiple = _stride_product(recipe)
+    multiple = stride_product(recipe["network"])
     network.eval()
     scores = {}
     with torch.inference_mode():
         for case in cases:
-            roi = tuple(min(r, math.ceil(s / multiple) * multiple) for r, s in zip(settings.roi_size, case.image.shape))
+            roi = window_roi(case.image.shape, settings, multiple)
             x = torch.from_numpy(case.image)[None, None].to(device)
             logits = sliding_window_inference(x, roi, settings.sw_batch_size, network, overlap=settings.overlap,
                                               mode=settings.mode, cval=float(case.image.min()))

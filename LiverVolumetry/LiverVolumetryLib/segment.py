@@ -63,11 +63,10 @@ def _network_on(bundle: ModelBundle, device: str):
     return _NETWORK_CACHE[key]
 
 
-def _stride_product(bundle: ModelBundle) -> int:
+def stride_product(network_spec: dict) -> int:
     """Input sizes must be multiples of this for the U-Net's skip connections to match."""
-    args = bundle.network.get("args", {})
     product = 1
-    for stride in args.get("strides", [2, 2, 2, 2]):
+    for stride in network_spec.get("args", {}).get("strides", [2, 2, 2, 2]):
         product *= int(stride if isinstance(stride, int) else max(stride))
     return product
 
@@ -81,7 +80,7 @@ def _window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) 
     return count
 
 
-def _window_roi(shape: tuple[int, ...], settings, multiple: int) -> tuple[int, ...]:
+def window_roi(shape: tuple[int, ...], settings, multiple: int) -> tuple[int, ...]:
     """One window over the whole (padded) array when it is small enough, else ``roi_size``.
 
     Windows are multiples of the network's total stride; MONAI pads the array up to them.
@@ -100,7 +99,7 @@ def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
 
     network = _network_on(bundle, device)
     settings = bundle.inference
-    roi = _window_roi(array.shape, settings, _stride_product(bundle))
+    roi = window_roi(array.shape, settings, stride_product(bundle.network))
     total = max(1, math.ceil(_window_count(array.shape, roi, settings.overlap) / settings.sw_batch_size))
     done = [0]
 
