@@ -35,7 +35,7 @@ from LiverVolumetryLib.dicom import DicomSeries, read_series, sitk_reason
 from LiverVolumetryLib.errors import InputError
 
 from .converters import ConversionOutput, Log, _quiet, compact_image
-from .dataset import CaseEntry, _natural_key
+from .dataset import CaseEntry, _natural_key, read_file
 
 #: Sequence name -> (sequence folder, phase sub-folder of DICOM_anon or None).
 SEQUENCES = {"t2spir": ("T2SPIR", None), "t1-in": ("T1DUAL", "InPhase"), "t1-out": ("T1DUAL", "OutPhase")}
@@ -68,12 +68,7 @@ def _floats(reader: sitk.ImageFileReader, tag: str, count: int, file: Path) -> t
 
 def read_slice_file(file: Path) -> SliceFile:
     """The position, orientation and size of one DICOM file, from its header."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(file))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise InputError(file, f"cannot be read as DICOM ({sitk_reason(error)})") from None
+    reader = read_file(file, "cannot be read as DICOM", header_only=True)
     size = reader.GetSize()
     return SliceFile(file, _floats(reader, "0020|0032", 3, file), _floats(reader, "0020|0037", 6, file),
                      (int(size[0]), int(size[1])))

@@ -128,22 +128,28 @@ def read_case_image(entry: CaseEntry) -> sitk.Image:
         raise InputError(error.path, f"case {entry.case}: image {error.cause}") from None
 
 
-def read_case_label(entry: CaseEntry, header_only: bool = False) -> sitk.Image | sitk.ImageFileReader:
-    """The entry's label image (or, with ``header_only``, a reader holding its header)."""
+def read_file(path: Path, failure: str, header_only: bool = False) -> sitk.Image | sitk.ImageFileReader:
+    """An image file (or, with ``header_only``, a reader holding its header); a reader
+    error becomes the one-line InputError "<path>: <failure> (<reason>)"."""
     from LiverVolumetryLib.dicom import sitk_reason
 
-    if not entry.label.is_file():
-        what = "not found" if not entry.label.exists() else "is not a file"
-        raise InputError(entry.label, f"case {entry.case}: label file {what}")
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(entry.label))
+    reader.SetFileName(str(path))
     try:
         if header_only:
             reader.ReadImageInformation()
             return reader
         return reader.Execute()
     except RuntimeError as error:
-        raise InputError(entry.label, f"case {entry.case}: label cannot be read ({sitk_reason(error)})") from None
+        raise InputError(path, f"{failure} ({sitk_reason(error)})") from None
+
+
+def read_case_label(entry: CaseEntry, header_only: bool = False) -> sitk.Image | sitk.ImageFileReader:
+    """The entry's label image (or, with ``header_only``, a reader holding its header)."""
+    if not entry.label.is_file():
+        what = "not found" if not entry.label.exists() else "is not a file"
+        raise InputError(entry.label, f"case {entry.case}: label file {what}")
+    return read_file(entry.label, f"case {entry.case}: label cannot be read", header_only)
 
 
 def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:

@@ -39,12 +39,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from LiverVolumetryLib.dicom import sitk_reason
 from LiverVolumetryLib.errors import InputError
 from LiverVolumetryLib.imageio import image_suffix
 
 from .converters import ConversionOutput, Log, _quiet, compact_image
-from .dataset import CaseEntry, _natural_key, grids_match, read_case_image, read_case_label
+from .dataset import CaseEntry, _natural_key, grids_match, read_case_image, read_case_label, read_file
 
 GROUP = "liverhccseg"
 LABEL_WORDS = {"seg", "segmentation", "mask", "label", "labels", "gt"}
@@ -162,12 +161,7 @@ def convert_patient(patient: Path, case: str, liver_label: int, rater: str, outp
     entry = CaseEntry(case, image_path, label_path, liver_label, GROUP)
     label_header = read_case_label(entry, header_only=True)
     if image_path.is_file():
-        header = sitk.ImageFileReader()
-        header.SetFileName(str(image_path))
-        try:
-            header.ReadImageInformation()
-        except RuntimeError as error:
-            raise InputError(image_path, f"case {case}: image cannot be read ({sitk_reason(error)})") from None
+        header = read_file(image_path, f"case {case}: image cannot be read", header_only=True)
         if grids_match(header, label_header):
             log(f"{case}: {image_path.relative_to(patient)} + {label_path.relative_to(patient)} (in place)")
             return entry
