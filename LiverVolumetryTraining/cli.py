@@ -54,12 +54,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_crossval(args) -> int:
+    from .crossval import crossval, make_folds, parse_folds
+    from .recipes import load_recipe
+
+    entries = _entries(args)
+    cases = [e.case for e in entries]
+    folds = parse_folds(args.folds, cases) if args.folds else make_folds(cases, args.k, args.seed)
+    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else [0.5]
+    crossval(entries, args.run, load_recipe(args.recipe), folds, thresholds=thresholds, phantoms=args.phantoms,
+             iterations=args.iterations, epochs=args.epochs, validate_every=args.validate_every, seed=args.seed,
+             cache_dir=Path(args.cache) if args.cache else None, radiomics=not args.no_radiomics,
+             device=args.device, log=lambda m: print(m, flush=True), train_folds=not args.no_train)
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_run
 
     notes = Path(args.card_notes).read_text(encoding="utf-8") if args.card_notes else ""
     bundle = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.description,
-                        overwrite=args.overwrite, log=lambda m: print(m, flush=True), card_notes=notes)
+                        overwrite=args.overwrite, log=lambda m: print(m, flush=True), card_notes=notes,
+                        threshold=args.threshold, crossval=args.crossval)
     print(f"wrote bundle {bundle.path} (sha256 {bundle.sha256[:12]}...)")
     return 0
 
@@ -126,8 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--description", default="")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last")
     e.add_argument("--card-notes", help="Markdown file appended to the generated MODEL.md (history, ablations)")
+    e.add_argument("--threshold", type=float, help="probability threshold (default: the recipe's), e.g. the one "
+                                                   "crossval chose")
+    e.add_argument("--crossval", help="cross-validation folder whose crossval.json goes into model.json and MODEL.md")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
+    x = sub.add_parser("crossval", help="k-fold cross-validation: train per fold, evaluate out-of-fold masks")
+    x.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
+    x.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable)")
+    x.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
+    x.add_argument("--run", required=True, help="folder for fold runs, masks, evaluation; re-run to resume")
+    x.add_argument("--recipe", default="liver-mri", help="liver-mri, volumetry-net, or a JSON file")
+    x.add_argument("-k", type=int, default=3, help="number of folds from a seeded shuffle (default 3)")
+    x.add_argument("--folds", help='explicit folds, e.g. "1,8,15;3,10,19;5,13" (instead of -k)')
+    x.add_argument("--thresholds", help="candidate probability thresholds, e.g. 0.4,0.5,0.6,0.7 (default 0.5); "
+                                        "each case uses the one chosen on the other folds")
+    x.add_argument("--iterations", type=int, help="optimiser steps per fold (overrides the recipe's length)")
+    x.add_argument("--epochs", type=int, help="passes over the training volumes (epoch-based recipes)")
+    x.add_argument("--phantoms", type=int, help="synthetic phantoms added to each fold's training")
+    x.add_argument("--validate-every", type=int, default=500)
+    x.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--no-train", action="store_true", help="only segment and evaluate with existing fold runs")
+    x.add_argument("--no-radiomics", action="store_true", help="skip the radiomics agreement")
+    x.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    x.set_defaults(func=cmd_crossval)
     c = sub.add_parser("convert", help="write a manifest (and NIfTI files where needed) for a public dataset")
     c.add_argument("dataset", choices=("chaos", "amos", "liverhccseg", "totalseg", "pairs"))
     c.add_argument("source", help="the dataset's folder as downloaded")

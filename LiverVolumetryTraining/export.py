@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from LiverVolumetryLib.bundle import write_bundle
+from LiverVolumetryLib.errors import LiverVolumetryError
 from LiverVolumetryLib.measure import dice
 from LiverVolumetryLib.segment import segment_liver
 
@@ -31,13 +32,10 @@ def evaluate_bundle(bundle, entries: list[CaseEntry], log=print) -> dict:
             "dice_min": round(float(np.min(values)), 4) if values else None}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str, checkpoint: str = "last",
-               description: str = "", overwrite: bool = False, log=print, card_notes: str = ""):
-    """Write ``out_dir`` as a bundle from ``run_dir``'s checkpoint and measure validation."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: str = "last",
+                description: str = "") -> dict:
+    """``model.json`` fields (weights excepted) for a run's ``config.json`` and checkpoint."""
     recipe = config["recipe"]
-    state = load_checkpoint(run_dir / f"{checkpoint}.pt")
     spec = {
         "name": name, "version": version, "description": description,
         "created": _dt.date.today().isoformat(),
@@ -51,6 +49,30 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
     }
     if config.get("iterations_per_epoch"):  # epoch-based recipes (volumetry-net)
         spec["training"]["epochs"] = round(state["iteration"] / config["iterations_per_epoch"], 2)
+    return spec
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str, checkpoint: str = "last",
+               description: str = "", overwrite: bool = False, log=print, card_notes: str = "",
+               threshold: float | None = None, crossval: str | Path | None = None):
+    """Write ``out_dir`` as a bundle from ``run_dir``'s checkpoint and measure validation.
+
+    ``threshold`` replaces the recipe's probability threshold (e.g. the one chosen by
+    cross-validation); ``crossval``: a cross-validation folder whose ``crossval.json``
+    is recorded in ``model.json`` and the model card.
+    """
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    state = load_checkpoint(run_dir / f"{checkpoint}.pt")
+    spec = bundle_spec(config, state, name, version, checkpoint, description)
+    if threshold is not None:
+        if not 0.0 < threshold < 1.0:
+            raise LiverVolumetryError(f"threshold must lie between 0 and 1, got {threshold}")
+        spec["inference"] = {**spec["inference"], "threshold": float(threshold)}
+    if crossval is not None:
+        from .crossval import read_summary
+
+        spec["cross_validation"] = read_summary(crossval)
     bundle = write_bundle(out_dir, state["model"], spec, overwrite=overwrite)
     val_entries = [CaseEntry(e["case"], Path(e["image"]), Path(e["label"]), e["liver_label"], e.get("group", ""))
                    for e in config["validation"]]

@@ -81,9 +81,55 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
     if per_case:
         lines += ["| case | Dice |", "| --- | --- |", *[f"| {c} | {d:.3f} |" for c, d in per_case.items()],
                   f"| **mean ± SD** | **{validation['dice_mean']:.3f} ± {validation.get('dice_sd') or 0:.3f}** |", ""]
+    if spec.get("cross_validation"):
+        lines += crossval_section(spec["cross_validation"])
     if notes:
         lines += [notes.strip(), ""]
     return "\n".join(lines)
+
+
+def _pm(stats: dict | None, digits: int = 3) -> str:
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    sd = stats.get("sd")
+    return f"{stats['mean']:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def crossval_section(cv: dict) -> list[str]:
+    """Cross-validation: per-case out-of-fold Dice per threshold, and the evaluate summary."""
+    thresholds = [str(t) for t in cv["thresholds"]]
+    its = sorted(set(cv.get("iterations", [])))
+    lines = ["## Cross-validation", "", cv["protocol"] + f" (recipe `{cv.get('recipe')}`, "
+             f"{' / '.join(map(str, its))} iterations per fold).", "",
+             "Folds: " + "; ".join(", ".join(fold) for fold in cv["folds"]) + ".", "",
+             "| case | " + " | ".join(f"Dice @ {t}" for t in thresholds) + " | nested threshold |",
+             "| --- | " + " | ".join("---" for _ in thresholds) + " | --- |"]
+    for case, by_t in cv["dice_per_case"].items():
+        lines.append(f"| {case} | " + " | ".join(f"{by_t[t]:.3f}" for t in thresholds)
+                     + f" | {cv['nested_threshold'][case]:g} |")
+    lines += ["| **mean** | " + " | ".join(f"**{cv['dice_mean_by_threshold'][t]:.3f}**" for t in thresholds) + " | |",
+              "", f"Out-of-fold Dice with each case's nested threshold: **{cv['dice_mean']:.3f} ± "
+              f"{cv.get('dice_sd') or 0:.3f}** (lowest {cv['dice_min']:.3f}). Threshold chosen on all folds "
+              f"(shipped): {cv['threshold']:g}.", ""]
+    ev = cv.get("evaluation") or {}
+    if ev:
+        vol, rad, ba = ev.get("volume") or {}, ev.get("radiomics") or {}, (ev.get("volume") or {}).get("bland_altman")
+        rows = [("Dice", _pm(ev.get("dice"))), ("HD95 (mm)", _pm(ev.get("hd95_mm"), 1)),
+                ("ASSD (mm)", _pm(ev.get("assd_mm"), 2)),
+                ("volume, automated / reference (mL)", f"{_pm(vol.get('auto_ml'), 0)} / {_pm(vol.get('ref_ml'), 0)}")]
+        if vol.get("icc") is not None:
+            low, high = vol.get("icc_ci95") or [None, None]
+            rows.append(("volume ICC", f"{vol['icc']:.3f} (ICC(2,1), absolute agreement; 95 % CI {low} to {high})"))
+        if ba:
+            rows.append(("volume bias (mL)", f"{ba['bias']:+.0f} (95 % limits of agreement {ba['loa'][0]:+.0f} to "
+                                              f"{ba['loa'][1]:+.0f})"))
+        if rad:
+            below = [name.removeprefix("original_") for name in rad.get("below_threshold") or []]
+            rows.append(("radiomics ICC", f"{_pm({'mean': rad.get('icc_mean'), 'sd': rad.get('icc_sd')})} over "
+                                          f"{rad.get('n_defined')} features; {len(below)} below {rad.get('threshold')}"
+                                          + (f": {', '.join(below)}" if below else "")))
+        lines += ["Out-of-fold masks through `livervolumetry-train evaluate` (native grid):", "", _table(rows), ""]
+    return lines
 
 
 def write_model_card(bundle_dir: str | Path, notes: str = "") -> Path:

@@ -130,6 +130,37 @@ def _check_image(image: sitk.Image) -> None:
         raise InputError(None, "a single-component (scalar) image is needed")
 
 
+def network_probability(image: sitk.Image, bundle: ModelBundle, device: str, report: Progress | None = None,
+                        cancel: Cancel | None = None, timings: dict[str, float] | None = None):
+    """Preprocess ``image`` and run the network: (liver probability array, its grid).
+
+    The grid is the network grid, cropped to the body when the bundle asks for it.
+    ``report(fraction, stage)`` gets 0.1..0.85 for the network windows.
+    """
+    report = report or (lambda fraction, stage: None)
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    net_input = to_network_input(image, bundle.preprocessing)
+    timings["preprocess"] = time.perf_counter() - t
+    t = time.perf_counter()
+    box = body_box(net_input.array) if bundle.inference.crop_to_body else Box((0, 0, 0), net_input.array.shape)
+    report(0.1, "network")
+    probability = liver_probability(np.ascontiguousarray(net_input.array[box.slices]), bundle, device,
+                                    progress=lambda f, s: report(0.1 + 0.75 * f, s), cancel=cancel)
+    timings["network"] = time.perf_counter() - t
+    return probability, box_grid(net_input.grid, box)
+
+
+def probability_to_mask(probability: np.ndarray, grid: sitk.Image, image: sitk.Image, bundle: ModelBundle,
+                        threshold: float | None = None) -> sitk.Image:
+    """The liver mask on ``image``'s grid: threshold (the bundle's unless given), then the
+    bundle's post-processing."""
+    threshold = bundle.inference.threshold if threshold is None else threshold
+    mask = probability_to_input_grid(probability, grid, image, threshold)
+    post = bundle.postprocessing
+    return clean_mask(mask, post.get("largest_component", True), post.get("fill_holes", True))
+
+
 def segment_liver(image: sitk.Image, model: str | Path | ModelBundle | None = None, device: str = "auto",
                   progress: Progress | None = None, cancel: Cancel | None = None) -> SegmentationResult:
     """Segment the liver in a 3D MRI volume; the mask is on ``image``'s exact grid.
@@ -150,25 +181,12 @@ def segment_liver(image: sitk.Image, model: str | Path | ModelBundle | None = No
         if progress is not None:
             progress(float(fraction), stage)
 
-    def timed(stage: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[stage] = now - since
-        return now
-
     report(0.0, "preprocess")
+    probability, grid = network_probability(image, bundle, device, report, cancel, timings)
     t = time.perf_counter()
-    net_input = to_network_input(image, bundle.preprocessing)
-    t = timed("preprocess", t)
-    box = body_box(net_input.array) if bundle.inference.crop_to_body else Box((0, 0, 0), net_input.array.shape)
-    report(0.1, "network")
-    probability = liver_probability(np.ascontiguousarray(net_input.array[box.slices]), bundle, device,
-                                    progress=lambda f, s: report(0.1 + 0.75 * f, s), cancel=cancel)
-    t = timed("network", t)
     report(0.85, "postprocess")
-    mask = probability_to_input_grid(probability, box_grid(net_input.grid, box), image, bundle.inference.threshold)
-    post = bundle.postprocessing
-    mask = clean_mask(mask, post.get("largest_component", True), post.get("fill_holes", True))
-    timed("postprocess", t)
+    mask = probability_to_mask(probability, grid, image, bundle)
+    timings["postprocess"] = time.perf_counter() - t
     report(1.0, "postprocess")
     return SegmentationResult(mask=mask, model_name=bundle.name, model_version=bundle.version,
                               device=device, seconds=time.perf_counter() - start, timings=timings)

@@ -1,0 +1,117 @@
+"""Cross-validation: folds, nested threshold choice, an end-to-end tiny run, export with its summary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverVolumetryLib.bundle import load_bundle
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError
+from LiverVolumetryLib.phantom import make_phantom
+from LiverVolumetryTraining.cli import main
+from LiverVolumetryTraining.crossval import (choose_threshold, crossval, make_folds, nested_thresholds,
+                                             parse_folds)
+from LiverVolumetryTraining.dataset import find_pairs
+from test_training import tiny_recipe
+
+
+def test_make_folds_partition_the_cases_and_follow_the_seed():
+    cases = [str(c) for c in range(14)]
+    folds = make_folds(cases, 3, seed=0)
+    assert sorted(c for f in folds for c in f) == sorted(cases)
+    assert sorted(len(f) for f in folds) == [4, 5, 5]
+    assert make_folds(cases, 3, seed=0) == folds and make_folds(cases, 3, seed=1) != folds
+    with pytest.raises(LiverVolumetryError, match="2 to 14 folds"):
+        make_folds(cases, 1)
+
+
+def test_parse_folds_names_every_problem():
+    assert parse_folds("1,2; 3", ["1", "2", "3"]) == [["1", "2"], ["3"]]
+    with pytest.raises(LiverVolumetryError, match="unknown case.*9.*more than one fold: 2.*in no fold: 3"):
+        parse_folds("1,2;2,9", ["1", "2", "3"])
+
+
+def test_threshold_choice_is_nested():
+    # Fold A's cases prefer 0.7, fold B's prefer 0.5: each fold gets the other fold's choice.
+    per_case = {"a1": {0.5: 0.80, 0.7: 0.90}, "a2": {0.5: 0.80, 0.7: 0.92},
+                "b1": {0.5: 0.95, 0.7: 0.85}, "b2": {0.5: 0.96, 0.7: 0.80}}
+    chosen = nested_thresholds(per_case, [["a1", "a2"], ["b1", "b2"]])
+    assert chosen == {"a1": 0.5, "a2": 0.5, "b1": 0.7, "b2": 0.7}
+    assert choose_threshold({0.4: [0.9], 0.5: [0.9], 0.7: [0.8]}) == 0.5  # tie: nearest 0.5
+
+
+@pytest.fixture(scope="module")
+def four_cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cv-pairs")
+    for k in range(4):
+        phantom = make_phantom(10 + k, shape=(40, 36, 14), spacing=(8.0, 8.0, 12.0), orientation="LPS",
+                               oblique_degrees=0)
+        sitk.WriteImage(phantom.image, str(folder / f"image_{k}.nii.gz"))
+        sitk.WriteImage(sitk.Cast(phantom.liver, sitk.sitkUInt8), str(folder / f"label_{k}.nii.gz"))
+    return folder
+
+
+def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, tmp_path):
+    entries = find_pairs(four_cases, liver_label=1)
+    run = tmp_path / "cv"
+    folds = [["0", "2"], ["1", "3"]]
+    summary = crossval(entries, run, tiny_recipe(), folds, thresholds=(0.5, 0.3), phantoms=0, iterations=2,
+                       validate_every=2, radiomics=False, device="cpu", log=lambda m: None)
+    for k, fold in enumerate(folds):  # each fold's model never saw its held-out cases
+        config = json.loads((run / f"fold{k}" / "config.json").read_text())
+        assert {e["case"] for e in config["train"]}.isdisjoint(fold)
+        assert {e["case"] for e in config["validation"]} == set(fold)
+    assert sorted(summary["dice_per_case"]) == ["0", "1", "2", "3"]
+    assert summary["thresholds"] == [0.3, 0.5] and summary["threshold"] in (0.3, 0.5)
+    nested = [summary["dice_per_case"][c][str(summary["nested_threshold"][c])] for c in "0123"]
+    assert summary["dice_mean"] == pytest.approx(np.mean(nested), abs=1e-4)
+    assert summary["evaluation"]["n_cases"] == 4
+    # The evaluated masks are the nested-threshold ones, on each image's grid.
+    for case in "0123":
+        mask = sitk.ReadImage(str(run / "predictions" / f"{case}.nii.gz"))
+        image = sitk.ReadImage(str(four_cases / f"image_{case}.nii.gz"))
+        assert mask.GetSize() == image.GetSize() and mask.GetOrigin() == pytest.approx(image.GetOrigin())
+    # Re-running with other folds in the same folder is refused.
+    with pytest.raises(InputError, match="other folds"):
+        crossval(entries, run, tiny_recipe(), [["0", "1"], ["2", "3"]], phantoms=0, iterations=2,
+                 radiomics=False, device="cpu", log=lambda m: None, train_folds=False)
+    # Export records the summary and the chosen threshold; the card shows the table.
+    code = main(["export", str(run / "fold0"), "-o", str(tmp_path / "bundle"), "--crossval", str(run),
+                 "--threshold", str(summary["threshold"])])
+    assert code == 0
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.inference.threshold == summary["threshold"]
+    assert bundle.metadata["cross_validation"]["folds"] == folds
+    card = (tmp_path / "bundle" / "MODEL.md").read_text()
+    assert "## Cross-validation" in card and "nested threshold" in card
+
+
+def test_crossval_cli_refuses_bad_folds_in_one_line(four_cases, tmp_path, capsys):
+    code = main(["crossval", "--data", str(four_cases), "--run", str(tmp_path / "cv"), "--folds", "0,1;2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "in no fold: 3" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cv").exists()
+
+
+def test_ablation_trains_each_variant_and_scores_real_cases_and_every_contrast(four_cases, tmp_path):
+    from LiverVolumetryLib.phantom_contrast import CONTRASTS
+    from LiverVolumetryTraining.ablation import run_ablation
+
+    variants = {"plain": {"augmentation": "none", "phantom_fraction": 0.0},
+                "with phantoms": {"augmentation": "mild", "phantom_fraction": 0.5, "phantom_contrasts": ["t2"]}}
+    results = run_ablation(find_pairs(four_cases, 1), ["3"], tmp_path / "abl", tiny_recipe(), iterations=2,
+                           variants=variants, seeds=(5,), phantoms=2, log=lambda m: None,
+                           phantom_args={"shape": (48, 40, 16), "spacing": (7.0, 7.0, 12.0)})
+    assert list(results) == ["plain", "with phantoms"]
+    for name, slug in (("plain", "plain"), ("with phantoms", "with-phantoms")):
+        config = json.loads((tmp_path / "abl" / slug / "config.json").read_text())
+        assert [e["case"] for e in config["validation"]] == ["3"] and "3" not in {e["case"] for e in config["train"]}
+        assert set(results[name]["phantom_mean_by_contrast"]) == set(CONTRASTS)
+        assert 0.0 <= results[name]["real_mean"] <= 1.0
+    assert json.loads((tmp_path / "abl" / "with-phantoms" / "config.json").read_text())["recipe"][
+        "phantom_contrasts"] == ["t2"]
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| plain |" in table and "| with phantoms |" in table
