@@ -61,7 +61,7 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
     summary = crossval(entries, run, tiny_recipe(), folds, thresholds=(0.5, 0.3), phantoms=0, iterations=2,
                        validate_every=2, radiomics=False, device="cpu", log=lambda m: None)
     for k, fold in enumerate(folds):  # each fold's model never saw its held-out cases
-        config = json.loads((run / f"fold{k}" / "config.json").read_text())
+        config = json.loads((run / f"fold{k}" / "config.json").read_text(encoding="utf-8"))
         assert {e["case"] for e in config["train"]}.isdisjoint(fold)
         assert {e["case"] for e in config["validation"]} == set(fold)
     assert sorted(summary["dice_per_case"]) == ["0", "1", "2", "3"]
@@ -85,7 +85,7 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.inference.threshold == summary["threshold"]
     assert bundle.metadata["cross_validation"]["folds"] == folds
-    card = (tmp_path / "bundle" / "MODEL.md").read_text()
+    card = (tmp_path / "bundle" / "MODEL.md").read_text(encoding="utf-8")
     assert "## Cross-validation" in card and "nested threshold" in card
 
 
@@ -107,11 +107,11 @@ def test_ablation_trains_each_variant_and_scores_real_cases_and_every_contrast(f
                            phantom_args={"shape": (48, 40, 16), "spacing": (7.0, 7.0, 12.0)})
     assert list(results) == ["plain", "with phantoms"]
     for name, slug in (("plain", "plain"), ("with phantoms", "with-phantoms")):
-        config = json.loads((tmp_path / "abl" / slug / "config.json").read_text())
+        config = json.loads((tmp_path / "abl" / slug / "config.json").read_text(encoding="utf-8"))
         assert [e["case"] for e in config["validation"]] == ["3"] and "3" not in {e["case"] for e in config["train"]}
         assert set(results[name]["phantom_mean_by_contrast"]) == set(CONTRASTS)
         assert 0.0 <= results[name]["real_mean"] <= 1.0
-    assert json.loads((tmp_path / "abl" / "with-phantoms" / "config.json").read_text())["recipe"][
+    assert json.loads((tmp_path / "abl" / "with-phantoms" / "config.json").read_text(encoding="utf-8"))["recipe"][
         "phantom_contrasts"] == ["t2"]
-    table = (tmp_path / "abl" / "ablation.md").read_text()
+    table = (tmp_path / "abl" / "ablation.md").read_text(encoding="utf-8")
     assert "| plain |" in table and "| with phantoms |" in table

@@ -1,0 +1,80 @@
+"""Sliding-window settings against accuracy, on out-of-fold cases of a cross-validation.
+
+    python benchmarks/window_settings.py runs/cv --data ../shared/data/chaos-t2
+
+Each case of a ``livervolumetry-train crossval`` folder is segmented by its own fold's
+model (``RUN/fold<k>/bundle``, so never by a model that saw it) under several inference
+settings: the bundle's windows, one window over the whole grid, and the grid cropped to
+the body. For each setting the table gives the mean out-of-fold Dice (native grid), its
+change against the bundle's setting, and the median network time. A faster setting is
+worth shipping only when its Dice is not lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "LiverVolumetry")]
+
+#: Setting name -> InferenceSettings overrides.
+SETTINGS = {
+    "bundle windows": {},
+    "one window (<= 8 M voxels)": {"max_window_voxels": 8_000_000},
+    "body crop + one window": {"crop_to_body": True, "max_window_voxels": 8_000_000},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="crossval folder (folds.json, fold<k>/bundle)")
+    parser.add_argument("--data", required=True, help="folder of image_N/label_N pairs used by crossval")
+    parser.add_argument("--label-value", type=int, default=1)
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: each bundle's)")
+    parser.add_argument("--out", help="write the table as Markdown here")
+    args = parser.parse_args(argv)
+
+    from LiverVolumetryLib.bundle import load_bundle
+    from LiverVolumetryLib.measure import dice
+    from LiverVolumetryLib.segment import network_probability, probability_to_mask
+    from LiverVolumetryTraining.dataset import find_pairs, load_entry
+
+    run = Path(args.run)
+    folds = json.loads((run / "folds.json").read_text(encoding="utf-8"))
+    entries = {e.case: e for e in find_pairs(args.data, args.label_value)}
+    scores = {name: {} for name in SETTINGS}
+    seconds = {name: [] for name in SETTINGS}
+    for k, fold in enumerate(folds):
+        base = load_bundle(run / f"fold{k}" / "bundle")
+        for case in fold:
+            image, reference = load_entry(entries[case])
+            for name, overrides in SETTINGS.items():
+                bundle = replace(base, inference=replace(base.inference, **overrides))
+                timings = {}
+                probability, grid = network_probability(image, bundle, "cpu", timings=timings)
+                mask = probability_to_mask(probability, grid, image, bundle, args.threshold)
+                scores[name][case] = dice(mask, reference)
+                seconds[name].append(timings["network"])
+            print(f"fold {k} case {case}: " + ", ".join(f"{n} {scores[n][case]:.4f}" for n in SETTINGS), flush=True)
+    base_mean = statistics.mean(scores["bundle windows"].values())
+    lines = ["| setting | mean Dice | change | lowest change | median network s |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name in SETTINGS:
+        values = scores[name]
+        changes = [values[c] - scores["bundle windows"][c] for c in values]
+        lines.append(f"| {name} | {statistics.mean(values.values()):.4f} | {statistics.mean(values.values()) - base_mean:+.4f}"
+                     f" | {min(changes):+.4f} | {statistics.median(seconds[name]):.2f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
