@@ -43,6 +43,11 @@ VARIANTS: dict[str, dict] = {
     "+ portal-venous T1 phantoms": {"augmentation": "mild", "phantom_fraction": 0.15,
                                     "phantom_contrasts": ["t1_portal_venous"]},
     "+ phantoms in 4 contrasts": {"augmentation": "mild", "phantom_fraction": 0.15, "phantom_contrasts": ALL_CONTRASTS},
+    "+ tissue remapping in 30 % of patches": {"augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.15,
+                                              "phantom_contrasts": ALL_CONTRASTS},
+    # Kidneys and spleen (when the label file has them) remapped as their own classes.
+    "+ organ-aware remapping (30 %)": {"augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.15,
+                                       "phantom_contrasts": ALL_CONTRASTS, "organ_tissues": True},
 }
 TEST_PHANTOM_SEEDS = (7001, 7002, 7003, 7004)  # training phantoms use seeds 1000 and up
 
@@ -114,7 +119,12 @@ def run_ablation(entries: Sequence[CaseEntry], val_cases: Sequence[str], run_dir
         variant_dir = run_dir / _slug(name)
         train(variant_dir, variant, training, held_out, cache_dir=cache_dir or run_dir / "cache", phantoms=phantoms,
               iterations=iterations, validate_every=max(iterations // 4, 1), seed=seed, log=log, progress=False)
-        results[name] = score_variant(variant_dir, held_out, seeds, log, phantom_args)
+        score_path = variant_dir / "scores.json"
+        scores = json.loads(score_path.read_text(encoding="utf-8")) if score_path.is_file() else {}
+        if scores.get("iterations") != iterations or scores.get("seeds") != list(seeds):
+            scores = {**score_variant(variant_dir, held_out, seeds, log, phantom_args), "seeds": list(seeds)}
+            write_text_atomic(score_path, json.dumps(scores, indent=2))
+        results[name] = scores
     write_text_atomic(run_dir / "ablation.json", json.dumps(results, indent=2))
     write_text_atomic(run_dir / "ablation.md", markdown(results, iterations, list(val_cases)))
     return results

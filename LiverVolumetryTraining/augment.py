@@ -11,26 +11,39 @@ import numpy as np
 from scipy import ndimage
 
 
-def sample_patch(image: np.ndarray, label: np.ndarray, size: tuple[int, int, int], positive: bool,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A patch centred on a liver voxel (``positive``) or anywhere; padded at the borders."""
+def patch_window(label: np.ndarray, size: tuple[int, int, int], positive: bool,
+                 rng: np.random.Generator) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Source and destination slices of a patch centred on a liver voxel (``positive``) or
+    anywhere; the patch may reach past the borders (the destination is then partial)."""
     if positive and label.any():
         coords = np.flatnonzero(label)
         centre = np.unravel_index(coords[rng.integers(coords.size)], label.shape)
     else:
-        centre = tuple(int(rng.integers(s)) for s in image.shape)
-    pad_value = float(image.min())
-    out_img = np.full(size, pad_value, dtype=np.float32)
-    out_lab = np.zeros(size, dtype=np.uint8)
+        centre = tuple(int(rng.integers(s)) for s in label.shape)
     src, dst = [], []
-    for c, s, n in zip(centre, size, image.shape):
+    for c, s, n in zip(centre, size, label.shape):
         start = int(c) - s // 2
         lo, hi = max(start, 0), min(start + s, n)
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    out_img[tuple(dst)] = image[tuple(src)]
-    out_lab[tuple(dst)] = label[tuple(src)]
-    return out_img, out_lab
+    return tuple(src), tuple(dst)
+
+
+def cut(array: np.ndarray, window: tuple[tuple[slice, ...], tuple[slice, ...]], size: tuple[int, int, int],
+        fill: float, dtype) -> np.ndarray:
+    """The patch of ``array`` in ``window`` (from :func:`patch_window`), padded with ``fill``."""
+    src, dst = window
+    out = np.full(size, fill, dtype=dtype)
+    out[dst] = array[src]
+    return out
+
+
+def sample_patch(image: np.ndarray, label: np.ndarray, size: tuple[int, int, int], positive: bool,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A patch centred on a liver voxel (``positive``) or anywhere; padded at the borders
+    with the image's darkest value (air)."""
+    window = patch_window(label, size, positive, rng)
+    return cut(image, window, size, float(image.min()), np.float32), cut(label, window, size, 0, np.uint8)
 
 
 def _smooth_field(shape: tuple[int, ...], rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -47,17 +60,26 @@ def _smooth_field(shape: tuple[int, ...], rng: np.random.Generator, strength: fl
     return field.astype(np.float32)
 
 
-def remap_tissues(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, classes: int = 5) -> np.ndarray:
+def remap_tissues(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, classes: int = 5,
+                  tissues: np.ndarray | None = None) -> np.ndarray:
     """SynthSeg-style contrast randomisation: intensity clusters and the liver get new means.
 
-    Unlabelled tissue is grouped into intensity clusters (quantiles); each cluster and the
-    liver receive a random mean while keeping within-tissue texture.
+    Unlabelled tissue is grouped into intensity clusters (quantiles); each cluster, the
+    liver and each other labelled structure in ``tissues`` (1..n, e.g. kidneys and
+    spleen) receive a random mean while keeping within-tissue texture, so that no organ
+    can be told from the liver by its brightness alone.
     """
     edges = np.quantile(image, np.linspace(0, 1, classes + 1)[1:-1])
     clusters = np.digitize(image, edges).astype(np.int16)
+    extra = 0
+    if tissues is not None and tissues.any():
+        extra = int(tissues.max())
+        inside = tissues > 0
+        clusters[inside] = classes + tissues[inside].astype(np.int16)
     clusters[label > 0] = classes  # the liver is its own class
-    means = rng.uniform(-1.0, 1.0, size=classes + 1).astype(np.float32)
-    centres = np.array([image[clusters == k].mean() if (clusters == k).any() else 0 for k in range(classes + 1)],
+    total = classes + 1 + extra
+    means = rng.uniform(-1.0, 1.0, size=total).astype(np.float32)
+    centres = np.array([image[clusters == k].mean() if (clusters == k).any() else 0 for k in range(total)],
                        dtype=np.float32)
     texture = rng.uniform(0.3, 1.2)
     return means[clusters] + texture * (image - centres[clusters])
@@ -127,11 +149,32 @@ def augment_spatial(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
     return img.astype(np.float32), lab
 
 
-def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """The augmentation named in a recipe: 'none', 'mild' or 'strong'."""
+def probabilities(kind: str | dict) -> dict[str, float]:
+    """Probabilities for a recipe's ``augmentation``: a name ('mild', 'strong') or a dict
+    ``{"base": NAME, "remap": 0.3, ...}`` that overrides some of a named set."""
+    if isinstance(kind, dict):
+        spec = dict(kind)
+        base = spec.pop("base", "mild")
+        unknown = set(spec) - set(PROBABILITIES[base])
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {sorted(unknown)} (known: {sorted(PROBABILITIES[base])})")
+        return {**PROBABILITIES[base], **{k: float(v) for k, v in spec.items()}}
+    return PROBABILITIES[kind]
+
+
+def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, kind: str | dict,
+            tissues: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The augmentation named in a recipe: 'none', 'mild', 'strong' or a dict (:func:`probabilities`).
+
+    ``tissues``: other labelled structures of the patch (see :func:`remap_tissues`); the
+    tissue remapping runs first, while they still line up with the patch.
+    """
     if kind == "none":
         return image, label
-    p = PROBABILITIES[kind]
+    p = probabilities(kind)
+    if rng.random() < p["remap"]:
+        image = remap_tissues(image, label, rng, tissues=tissues)
+    p = {**p, "remap": 0.0}
     if rng.random() < p["spatial"]:
         image, label = augment_spatial(image, label, rng)
     if rng.random() < p["resolution"]:

@@ -36,11 +36,17 @@ class CaseEntry:
 
 @dataclass
 class CachedCase:
-    """A case on the network grid: scaled image (x, y, z float32) and binary liver label."""
+    """A case on the network grid: scaled image (x, y, z float32) and binary liver label.
+
+    ``tissues`` (uint8, optional): the label file's other structures (e.g. kidneys and
+    spleen) numbered 1..n in the order of their label values; augmentation uses them to
+    randomise each organ's contrast on its own. Never a training target.
+    """
 
     case: str
     image: np.ndarray
     label: np.ndarray
+    tissues: np.ndarray | None = None
 
 
 def _strip(name: str) -> str:
@@ -160,35 +166,63 @@ def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:
     return liver
 
 
-def load_entry(entry: CaseEntry) -> tuple[sitk.Image, sitk.Image]:
-    """Image (float32) and binary liver mask (uint8) on the image grid; checks the pair."""
+def _checked_pair(entry: CaseEntry) -> tuple[sitk.Image, sitk.Image]:
     image = read_case_image(entry)
     label = read_case_label(entry)
     if not grids_match(image, label):
         raise InputError(entry.label, f"case {entry.case}: label grid does not match the image grid "
                                       f"({grid_difference(image, label)})")
+    return image, label
+
+
+def load_entry(entry: CaseEntry) -> tuple[sitk.Image, sitk.Image]:
+    """Image (float32) and binary liver mask (uint8) on the image grid; checks the pair."""
+    image, label = _checked_pair(entry)
     liver = liver_mask(entry, label)
     liver.CopyInformation(image)
     return image, liver
 
 
-def preprocess_case(image: sitk.Image, liver: sitk.Image, prep: Preprocessing, case: str) -> CachedCase:
+def other_tissues(entry: CaseEntry, label: sitk.Image) -> sitk.Image | None:
+    """The label's non-liver structures renumbered 1..n (uint8), or None when it has none."""
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    others = [v for v in values if v != 0 and v != entry.liver_label][:255]
+    if not others:
+        return None
+    array = sitk.GetArrayViewFromImage(label)
+    out = np.zeros(array.shape, dtype=np.uint8)
+    for number, value in enumerate(others, start=1):
+        out[array == value] = number
+    tissues = sitk.GetImageFromArray(out)
+    tissues.CopyInformation(label)
+    return tissues
+
+
+def preprocess_case(image: sitk.Image, liver: sitk.Image, prep: Preprocessing, case: str,
+                    tissues: sitk.Image | None = None) -> CachedCase:
     """Image and label on the network grid, as the engine preprocesses at inference."""
     net_input = to_network_input(image, prep)
-    return CachedCase(case, net_input.array, label_to_network_grid(liver, net_input.grid))
+    return CachedCase(case, net_input.array, label_to_network_grid(liver, net_input.grid),
+                      None if tissues is None else label_to_network_grid(tissues, net_input.grid))
 
 
 def cached_case(entry: CaseEntry, prep: Preprocessing, cache_dir: Path | None) -> CachedCase:
     """Preprocess a case once; later runs read the cached arrays."""
     present = entry.image.exists() and entry.label.exists()  # else load_entry says which is missing
     if cache_dir is not None and present:
-        key = _cache_key(entry, prep)
-        image_file, label_file = cache_dir / f"{entry.case}-{key}-image.npy", cache_dir / f"{entry.case}-{key}-label.npy"
-        if image_file.is_file() and label_file.is_file():
-            return CachedCase(entry.case, np.load(image_file), np.load(label_file))
-    case = preprocess_case(*load_entry(entry), prep, entry.case)
+        stem = cache_dir / f"{entry.case}-{_cache_key(entry, prep)}"
+        files = {part: Path(f"{stem}-{part}.npy") for part in ("image", "label", "tissues")}
+        if all(f.is_file() for f in files.values()):
+            tissues = np.load(files["tissues"])
+            return CachedCase(entry.case, np.load(files["image"]), np.load(files["label"]),
+                              tissues if tissues.any() else None)
+    image, label = _checked_pair(entry)
+    liver = liver_mask(entry, label)
+    liver.CopyInformation(image)
+    case = preprocess_case(image, liver, prep, entry.case, other_tissues(entry, label))
     if cache_dir is not None and present:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        np.save(image_file, case.image)
-        np.save(label_file, case.label)
+        np.save(files["image"], case.image)
+        np.save(files["label"], case.label)
+        np.save(files["tissues"], case.tissues if case.tissues is not None else np.zeros((1, 1, 1), np.uint8))
     return case

@@ -67,7 +67,7 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
                                    "of patches"),
             ("recipe", f"`{recipe.get('name', 'liver-mri')}`: patches {recipe.get('patch_size')}, {_batch(recipe)}, "
                        f"loss {recipe.get('loss')}, {json.dumps(recipe.get('optimizer'))}, {recipe.get('schedule')} "
-                       f"schedule, augmentation '{recipe.get('augmentation')}'"),
+                       f"schedule, augmentation {json.dumps(recipe.get('augmentation'))}"),
             ("iterations", f"{training.get('iterations')}"
                            + (f" ({training['epochs']} epochs)" if training.get("epochs") is not None else "")
                            + f" (checkpoint: {training.get('checkpoint')})"),

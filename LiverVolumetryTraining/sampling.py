@@ -24,7 +24,7 @@ import torch
 
 from LiverVolumetryLib.errors import LiverVolumetryError
 
-from .augment import augment, sample_patch
+from .augment import augment, cut, patch_window
 from .dataset import CachedCase
 from .distributed import split_count, split_items
 
@@ -71,8 +71,13 @@ class RandomPatchSampler:
         for _ in range(self.count):
             pool = self.phantoms if self.phantoms and rng.random() < recipe.get("phantom_fraction", 0) else self.cases
             case = pool[rng.integers(len(pool))]
-            img, lab = sample_patch(case.image, case.label, self.patch, rng.random() < recipe["positive_fraction"], rng)
-            img, lab = augment(img, lab, rng, recipe.get("augmentation", "none"))
+            window = patch_window(case.label, self.patch, rng.random() < recipe["positive_fraction"], rng)
+            img = cut(case.image, window, self.patch, float(case.image.min()), np.float32)
+            lab = cut(case.label, window, self.patch, 0, np.uint8)
+            tissues = None  # other labelled organs, remapped on their own when the recipe asks
+            if case.tissues is not None and recipe.get("organ_tissues", False):
+                tissues = cut(case.tissues, window, self.patch, 0, np.uint8)
+            img, lab = augment(img, lab, rng, recipe.get("augmentation", "none"), tissues)
             images.append(img)
             labels.append(lab)
         return _stack(images, labels)

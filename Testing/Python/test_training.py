@@ -61,9 +61,36 @@ def test_cache_gives_identical_arrays(pairs_folder, tmp_path):
     entry = find_pairs(pairs_folder, liver_label=6)[0]
     prep = __import__("LiverVolumetryLib.preprocess", fromlist=["Preprocessing"]).Preprocessing()
     first = cached_case(entry, prep, tmp_path)
-    assert len(list(tmp_path.glob("*.npy"))) == 2
+    assert len(list(tmp_path.glob("*.npy"))) == 3  # image, liver label, other tissues
     second = cached_case(entry, prep, tmp_path)
     assert np.array_equal(first.image, second.image) and np.array_equal(first.label, second.label)
+    assert first.tissues is None and second.tissues is None  # the phantom labels hold the liver only
+
+
+def test_other_labelled_organs_are_cached_as_tissues_and_remapped_on_their_own(tmp_path):
+    from LiverVolumetryLib.preprocess import Preprocessing
+    from LiverVolumetryTraining.augment import remap_tissues
+
+    phantom = make_phantom(3, shape=(48, 40, 16), spacing=(7.0, 7.0, 12.0), orientation="LPS", oblique_degrees=0)
+    liver = sitk.GetArrayFromImage(phantom.liver) > 0
+    labels = np.zeros(liver.shape, np.uint8)
+    labels[liver] = 1
+    labels[:, :5, :5] = 4  # a "spleen" and a "kidney" in corners, labelled 4 and 2
+    labels[:, -5:, -5:] = 2
+    label = sitk.GetImageFromArray(labels)
+    label.CopyInformation(phantom.image)
+    sitk.WriteImage(phantom.image, str(tmp_path / "image_0.nii.gz"))
+    sitk.WriteImage(label, str(tmp_path / "label_0.nii.gz"))
+    case = cached_case(find_pairs(tmp_path)[0], Preprocessing(spacing=(6.0, 6.0, 6.0)), tmp_path / "cache")
+    assert set(np.unique(case.label)) == {0, 1}  # the target stays the liver alone
+    assert set(np.unique(case.tissues)) == {0, 1, 2}  # label values 2 and 4, renumbered in order
+    assert not (case.tissues.astype(bool) & case.label.astype(bool)).any()
+    # Each organ gets its own random mean: its intensity moves independently of the clusters.
+    image = np.zeros((10, 10, 10), np.float32)
+    tissues = np.zeros_like(image, dtype=np.uint8)
+    tissues[:5] = 1
+    out = remap_tissues(image, np.zeros_like(tissues), np.random.default_rng(1), tissues=tissues)
+    assert not np.isclose(out[:5].mean(), out[5:].mean())
 
 
 def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):

@@ -269,3 +269,18 @@ def test_tensorboard_is_optional_and_silent(tmp_path, monkeypatch):
         run_log.validation({"iteration": 1, "loss": "0.5", "lr": "1e-4", "val_dice_mean": "nan", "seconds": "0",
                             "epoch": ""}, {})
     assert not (tmp_path / "tensorboard").exists() and len((tmp_path / "log.csv").read_text().splitlines()) == 2
+
+
+def test_augmentation_can_override_a_named_set():
+    from LiverVolumetryTraining.augment import PROBABILITIES, augment, probabilities
+
+    p = probabilities({"base": "mild", "remap": 0.3})
+    assert p["remap"] == 0.3 and p["gamma"] == PROBABILITIES["mild"]["gamma"]
+    assert probabilities("strong") == PROBABILITIES["strong"]
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        probabilities({"base": "mild", "remapp": 0.3})
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(8, 8, 8)).astype(np.float32)
+    label = (image > 0).astype(np.uint8)
+    out, lab = augment(image, label, rng, {"base": "mild", "remap": 1.0})
+    assert out.shape == image.shape and not np.allclose(out, image)
