@@ -48,6 +48,11 @@ VARIANTS: dict[str, dict] = {
     # Kidneys and spleen (when the label file has them) remapped as their own classes.
     "+ organ-aware remapping (30 %)": {"augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.15,
                                        "phantom_contrasts": ALL_CONTRASTS, "organ_tissues": True},
+    # Kidneys and spleen as extra output classes (liver stays class 1; the engine reads
+    # its probability), organ-aware remapping, no phantoms (their organs are unlabelled).
+    "organs as targets, organ-aware remapping, no phantoms": {
+        "augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.0, "organ_targets": True,
+        "network": {"args": {"out_channels": 5}}},
 }
 TEST_PHANTOM_SEEDS = (7001, 7002, 7003, 7004)  # training phantoms use seeds 1000 and up
 

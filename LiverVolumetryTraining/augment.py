@@ -67,8 +67,12 @@ def remap_tissues(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     Unlabelled tissue is grouped into intensity clusters (quantiles); each cluster, the
     liver and each other labelled structure in ``tissues`` (1..n, e.g. kidneys and
     spleen) receive a random mean while keeping within-tissue texture, so that no organ
-    can be told from the liver by its brightness alone.
+    can be told from the liver by its brightness alone. ``label``: 1 = liver; values
+    above 1 (organ targets) count as further structures too.
     """
+    if label.max() > 1:
+        organs = np.where(label > 1, label - 1, 0).astype(np.uint8)
+        tissues = organs if tissues is None else np.maximum(tissues, organs)
     edges = np.quantile(image, np.linspace(0, 1, classes + 1)[1:-1])
     clusters = np.digitize(image, edges).astype(np.int16)
     extra = 0
@@ -76,7 +80,7 @@ def remap_tissues(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
         extra = int(tissues.max())
         inside = tissues > 0
         clusters[inside] = classes + tissues[inside].astype(np.int16)
-    clusters[label > 0] = classes  # the liver is its own class
+    clusters[label == 1] = classes  # the liver is its own class
     total = classes + 1 + extra
     means = rng.uniform(-1.0, 1.0, size=total).astype(np.float32)
     centres = np.array([image[clusters == k].mean() if (clusters == k).any() else 0 for k in range(total)],

@@ -74,9 +74,12 @@ class RandomPatchSampler:
             window = patch_window(case.label, self.patch, rng.random() < recipe["positive_fraction"], rng)
             img = cut(case.image, window, self.patch, float(case.image.min()), np.float32)
             lab = cut(case.label, window, self.patch, 0, np.uint8)
-            tissues = None  # other labelled organs, remapped on their own when the recipe asks
-            if case.tissues is not None and recipe.get("organ_tissues", False):
+            tissues = None  # other labelled organs: remapped on their own, or extra targets
+            if case.tissues is not None and (recipe.get("organ_tissues") or recipe.get("organ_targets")):
                 tissues = cut(case.tissues, window, self.patch, 0, np.uint8)
+            if recipe.get("organ_targets") and tissues is not None:
+                # Kidneys, spleen... as classes 2..n+1: the network must learn what they are.
+                lab, tissues = np.where(tissues > 0, tissues + 1, lab).astype(np.uint8), None
             img, lab = augment(img, lab, rng, recipe.get("augmentation", "none"), tissues)
             images.append(img)
             labels.append(lab)

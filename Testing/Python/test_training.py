@@ -128,3 +128,33 @@ def test_training_phantoms_take_the_recipes_contrasts_in_turn():
     for m, p in zip(mixed, plain):
         assert np.array_equal(m.label, p.label)  # same anatomy
         assert not np.allclose(m.image, p.image)  # other contrast
+
+
+def test_organ_targets_train_extra_classes_and_the_engine_reads_the_liver(tmp_path):
+    from LiverVolumetryLib.segment import segment_liver
+    from LiverVolumetryTraining.export import export_run
+    from LiverVolumetryTraining.sampling import RandomPatchSampler
+
+    for k in range(2):
+        phantom = make_phantom(20 + k, shape=(48, 40, 16), spacing=(7.0, 7.0, 12.0), orientation="LPS",
+                               oblique_degrees=0)
+        labels = (sitk.GetArrayFromImage(phantom.liver) > 0).astype(np.uint8)
+        labels[:, :6, :6] = 3  # one more organ, label value 3 -> tissue 1 -> class 2
+        label = sitk.GetImageFromArray(labels)
+        label.CopyInformation(phantom.image)
+        sitk.WriteImage(phantom.image, str(tmp_path / f"image_{k}.nii.gz"))
+        sitk.WriteImage(label, str(tmp_path / f"label_{k}.nii.gz"))
+    entries = find_pairs(tmp_path)
+    recipe = tiny_recipe()
+    recipe.update(organ_targets=True, augmentation={"base": "mild", "remap": 1.0}, positive_fraction=0.0)
+    recipe["network"]["args"]["out_channels"] = 3
+    cases = [cached_case(e, __import__("LiverVolumetryLib.preprocess", fromlist=["x"]).Preprocessing(
+        spacing=(6.0, 6.0, 6.0)), tmp_path / "cache") for e in entries]
+    sampler = RandomPatchSampler(recipe, cases, [], np.random.default_rng(0), 8)
+    _, y = sampler.batch(0)
+    assert set(np.unique(y.numpy())) <= {0, 1, 2} and (y == 2).any()
+    train(tmp_path / "run", recipe, entries[:1], entries[1:], phantoms=0, iterations=2, validate_every=2,
+          log=lambda m: None)
+    bundle = export_run(tmp_path / "run", tmp_path / "bundle", "organs", "0.0.1", log=lambda m: None)
+    result = segment_liver(sitk.ReadImage(str(entries[1].image)), bundle, device="cpu")
+    assert result.mask.GetSize() == sitk.ReadImage(str(entries[1].image)).GetSize()
