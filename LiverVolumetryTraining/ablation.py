@@ -88,13 +88,17 @@ def score_variant(run_dir: Path, val_entries: Sequence[CaseEntry], seeds: Sequen
 
 
 def markdown(results: dict[str, dict], iterations: int, val_cases: Sequence[str]) -> str:
+    short = {"t1_portal_venous": "T1 portal-venous", "t2": "T2", "t1_in_phase": "T1 in-phase",
+             "t1_opposed_phase": "T1 opposed-phase"}
     lines = [f"Each variant trained for {iterations} iterations on the same cases; Dice of the last checkpoint "
-             f"through the engine (native grid) on held-out real cases {', '.join(val_cases)} (T2-SPIR) and on "
+             f"through the engine (native grid) on the held-out real T2-SPIR cases and on "
              f"{len(TEST_PHANTOM_SEEDS)} unseen test phantoms per contrast.", "",
-             "| variant | real held-out (T2) | " + " | ".join(f"phantoms {c}" for c in CONTRASTS) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in CONTRASTS) + " |"]
+             "| variant | real mean | " + " | ".join(f"case {c}" for c in val_cases) + " | "
+             + " | ".join(f"phantoms {short.get(c, c)}" for c in CONTRASTS) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in val_cases) + " | " + " | ".join("---:" for _ in CONTRASTS) + " |"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['real_mean']:.3f} | "
+                     + " | ".join(f"{r['real_per_case'][c]:.3f}" for c in val_cases) + " | "
                      + " | ".join(f"{r['phantom_mean_by_contrast'][c]:.3f}" for c in CONTRASTS) + " |")
     return "\n".join(lines) + "\n"
 
@@ -119,14 +123,15 @@ def run_ablation(entries: Sequence[CaseEntry], val_cases: Sequence[str], run_dir
     held_out = [e for e in entries if e.case in val_cases]
     results: dict[str, dict] = {}
     for name, overrides in variants.items():
-        base = load_recipe(recipe) if isinstance(recipe, str) else recipe
-        variant = _merge(base, {**overrides, "name": f"{base.get('name', 'recipe')} ({name})"})
         variant_dir = run_dir / _slug(name)
-        train(variant_dir, variant, training, held_out, cache_dir=cache_dir or run_dir / "cache", phantoms=phantoms,
-              iterations=iterations, validate_every=max(iterations // 4, 1), seed=seed, log=log, progress=False)
         score_path = variant_dir / "scores.json"
         scores = json.loads(score_path.read_text(encoding="utf-8")) if score_path.is_file() else {}
         if scores.get("iterations") != iterations or scores.get("seeds") != list(seeds):
+            base = load_recipe(recipe) if isinstance(recipe, str) else recipe
+            variant = _merge(base, {**overrides, "name": f"{base.get('name', 'recipe')} ({name})"})
+            train(variant_dir, variant, training, held_out, cache_dir=cache_dir or run_dir / "cache",
+                  phantoms=phantoms, iterations=iterations, validate_every=max(iterations // 4, 1), seed=seed,
+                  log=log, progress=False)
             scores = {**score_variant(variant_dir, held_out, seeds, log, phantom_args), "seeds": list(seeds)}
             write_text_atomic(score_path, json.dumps(scores, indent=2))
         results[name] = scores
