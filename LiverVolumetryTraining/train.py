@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from LiverVolumetryLib.bundle import InferenceSettings
@@ -57,8 +58,38 @@ def _phantom_cases(count: int, prep: Preprocessing, seed: int = 1000,
     for k in range(count):
         contrast = contrasts[k % len(contrasts)]
         phantom = make_phantom(seed + k, contrast=contrast)
-        cases.append(preprocess_case(phantom.image, phantom.liver, prep, f"phantom-{seed + k}-{contrast}"))
+        cases.append(preprocess_case(phantom.image, phantom.liver, prep, f"phantom-{seed + k}-{contrast}",
+                                     phantom_organs(phantom.tissues)))
     return cases
+
+
+def phantom_organs(tissues: sitk.Image) -> sitk.Image:
+    """A phantom's kidneys and spleen numbered as CHAOS labels them after the liver:
+    1 right kidney, 2 left kidney, 3 spleen (the ``tissues`` of a real CHAOS case).
+
+    Sides come from physical space (LPS: the patient's left is +x), relative to the
+    spine, so they hold whatever the phantom's orientation.
+    """
+    from LiverVolumetryLib.phantom import TISSUE_NAMES
+
+    code = {name: value for value, name in TISSUE_NAMES.items()}
+    array = sitk.GetArrayViewFromImage(tissues)  # (z, y, x)
+    out = np.zeros(array.shape, np.uint8)
+    out[array == code["spleen"]] = 3
+
+    def physical_x(mask: np.ndarray) -> np.ndarray:
+        index = np.argwhere(mask)[:, ::-1].astype(np.float64)  # (x, y, z) indices
+        matrix = np.asarray(tissues.GetDirection()).reshape(3, 3) * np.asarray(tissues.GetSpacing())
+        return (index @ matrix.T + np.asarray(tissues.GetOrigin()))[:, 0]
+
+    kidney = array == code["kidney"]
+    spine = array == code["spine/bone"]
+    if kidney.any() and spine.any():
+        left = physical_x(kidney) > physical_x(spine).mean()
+        out[kidney] = np.where(left, 2, 1)
+    organs = sitk.GetImageFromArray(out)
+    organs.CopyInformation(tissues)
+    return organs
 
 
 def dice_on_grid(probability: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> float:

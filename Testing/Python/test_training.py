@@ -158,3 +158,23 @@ def test_organ_targets_train_extra_classes_and_the_engine_reads_the_liver(tmp_pa
     bundle = export_run(tmp_path / "run", tmp_path / "bundle", "organs", "0.0.1", log=lambda m: None)
     result = segment_liver(sitk.ReadImage(str(entries[1].image)), bundle, device="cpu")
     assert result.mask.GetSize() == sitk.ReadImage(str(entries[1].image)).GetSize()
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAI", "PIL"])
+def test_phantom_organs_follow_the_chaos_numbering_in_any_orientation(orientation):
+    from LiverVolumetryTraining.train import phantom_organs
+
+    phantom = make_phantom(5, shape=(64, 56, 24), spacing=(6.0, 6.0, 10.0), orientation=orientation)
+    organs = phantom_organs(phantom.tissues)
+    assert organs.GetOrigin() == phantom.tissues.GetOrigin() and organs.GetDirection() == phantom.tissues.GetDirection()
+    array = sitk.GetArrayFromImage(organs)
+
+    def centre_x(mask: np.ndarray) -> float:  # physical LPS x: the patient's left is +x
+        return organs.TransformContinuousIndexToPhysicalPoint(np.argwhere(mask)[:, ::-1].mean(0).tolist())[0]
+
+    liver = sitk.GetArrayFromImage(phantom.liver) > 0
+    assert all((array == value).any() for value in (1, 2, 3))
+    assert not (liver & (array > 0)).any()
+    # 1 right kidney (the liver's side), 2 left kidney, 3 spleen (left), as in CHAOS labels.
+    assert centre_x(array == 1) < centre_x(array == 2)
+    assert centre_x(liver) < centre_x(array == 3)
