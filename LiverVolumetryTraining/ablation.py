@@ -49,7 +49,8 @@ VARIANTS: dict[str, dict] = {
     "+ organ-aware remapping (30 %)": {"augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.15,
                                        "phantom_contrasts": ALL_CONTRASTS, "organ_tissues": True},
     # Kidneys and spleen as extra output classes (liver stays class 1; the engine reads
-    # its probability), organ-aware remapping, no phantoms (their organs are unlabelled).
+    # its probability), organ-aware remapping, no phantoms (scored before the training
+    # phantoms carried organ labels, see train.phantom_organs).
     "organs as targets, organ-aware remapping, no phantoms": {
         "augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.0, "organ_targets": True,
         "network": {"args": {"out_channels": 5}}},

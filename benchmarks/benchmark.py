@@ -118,12 +118,28 @@ def _dice(mask_path: Path, truth_path: Path) -> float:
     return float(2 * np.logical_and(mask, truth).sum() / total) if total else 1.0
 
 
-def _run_child(pipeline: str, image: Path, workdir: Path, args: argparse.Namespace) -> dict:
+def _fold_models(crossval: str | None) -> dict[str, Path]:
+    """Case name -> bundle of the cross-validation fold that left the case out."""
+    if not crossval:
+        return {}
+    run = Path(crossval)
+    try:
+        folds = json.loads((run / "folds.json").read_text(encoding="utf-8"))  # [[case, ...], ...]
+        models = {str(case): run / f"fold{k}" / "bundle" for k, fold in enumerate(folds) for case in fold}
+    except (OSError, ValueError, TypeError) as error:
+        raise SystemExit(f"benchmark: {run / 'folds.json'}: cannot read the folds ({error})") from None
+    missing = sorted({str(path) for path in models.values() if not (path / "model.json").is_file()})
+    if missing:
+        raise SystemExit(f"benchmark: {missing[0]}: fold bundle not found (run crossval first)")
+    return models
+
+
+def _run_child(pipeline: str, image: Path, workdir: Path, args: argparse.Namespace, model: Path | None = None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", pipeline, "--image", str(image),
                "--workdir", str(workdir), "--repeats", str(args.repeats), "--device", args.device,
                "--threads", str(args.threads)]
-    if args.model:
-        command += ["--model", str(args.model)]
+    if model or args.model:
+        command += ["--model", str(model or args.model)]
     command += ["--reference-model", str(args.reference_model)]
     began = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -205,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="engine bundle (default: the bundled model)")
+    parser.add_argument("--crossval", help="crossval folder (folds.json, fold<k>/bundle): each real case runs "
+                                           "through the fold model that never saw it, so its Dice is out-of-fold")
     parser.add_argument("--reference-model", default=str(HERE / "reference-model"),
                         help="volumetry-net bundle for the reference (default: benchmarks/reference-model; "
                              "'untrained' for random weights, timing only)")
@@ -224,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="livervolumetry-bench-") as tmp:
         workdir = Path(tmp)
+        fold_models = _fold_models(args.crossval)
         for name, image, truth in _inputs(args, workdir):
+            model = fold_models.get(name.removeprefix("chaos-t2 ")) if name.startswith("chaos-t2 ") else None
             for pipeline in args.pipelines:
-                report = _run_child(pipeline, image, workdir, args)
+                report = _run_child(pipeline, image, workdir, args, None if pipeline == "reference" else model)
                 dice = _dice(workdir / "mask.nii.gz", truth)
                 if pipeline == "reference" and report["weights"] == "untrained":
                     dice = float("nan")

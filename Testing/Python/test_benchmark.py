@@ -72,3 +72,21 @@ def test_largest_component_keeps_the_biggest_blob():
     label[7:9, 7:9, 7:9] = 1
     out = _largest_component(label)
     assert out.sum() == 64 and out[8, 8, 8] == 0
+
+
+def test_crossval_folds_pick_the_model_that_never_saw_the_case(tmp_path):
+    import json
+
+    from benchmark import _fold_models
+
+    (tmp_path / "folds.json").write_text(json.dumps([["1", "8"], ["3"]]), encoding="utf-8")
+    for k in (0, 1):
+        (tmp_path / f"fold{k}" / "bundle").mkdir(parents=True)
+        (tmp_path / f"fold{k}" / "bundle" / "model.json").write_text("{}", encoding="utf-8")
+    models = _fold_models(str(tmp_path))
+    assert models == {"1": tmp_path / "fold0" / "bundle", "8": tmp_path / "fold0" / "bundle",
+                      "3": tmp_path / "fold1" / "bundle"}
+    (tmp_path / "fold1" / "bundle" / "model.json").unlink()
+    with pytest.raises(SystemExit, match="fold1"):
+        _fold_models(str(tmp_path))
+    assert _fold_models(None) == {}
