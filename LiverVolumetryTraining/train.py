@@ -177,6 +177,18 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
                       log, progress)
 
 
+def _with_organ_classes(recipe: dict, cases: Sequence[CachedCase]) -> dict:
+    """With ``organ_targets``, as many output channels as the data has classes:
+    background, liver, and each other labelled structure (kidneys, spleen, ...)."""
+    if not recipe.get("organ_targets"):
+        return recipe
+    organs = max((int(c.tissues.max()) for c in cases if c.tissues is not None), default=0)
+    args = recipe["network"].get("args", {})
+    if args.get("out_channels") == organs + 2:
+        return recipe
+    return {**recipe, "network": {**recipe["network"], "args": {**args, "out_channels": organs + 2}}}
+
+
 def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[CaseEntry],
            val_entries: list[CaseEntry], cache_dir: Path | None, phantoms: int | None, iterations: int,
            validate_every: int, seed: int, log, progress: bool) -> Path:
@@ -199,6 +211,10 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     phantom_cases = (_phantom_cases(phantoms, prep, contrasts=contrasts)
                      if phantoms and recipe.get("phantom_fraction", 0) > 0 else [])
     say(f"{len(phantom_cases)} phantoms ready")
+    recipe = _with_organ_classes(recipe, train_cases + phantom_cases)
+    if ctx.is_main:
+        config["recipe"] = recipe
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     network = build_network(recipe)
     if ctx.rank:

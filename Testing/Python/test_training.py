@@ -147,7 +147,7 @@ def test_organ_targets_train_extra_classes_and_the_engine_reads_the_liver(tmp_pa
     entries = find_pairs(tmp_path)
     recipe = tiny_recipe()
     recipe.update(organ_targets=True, augmentation={"base": "mild", "remap": 1.0}, positive_fraction=0.0)
-    recipe["network"]["args"]["out_channels"] = 3
+    assert recipe["network"]["args"]["out_channels"] == 2  # training sets it from the data
     cases = [cached_case(e, __import__("LiverVolumetryLib.preprocess", fromlist=["x"]).Preprocessing(
         spacing=(6.0, 6.0, 6.0)), tmp_path / "cache") for e in entries]
     sampler = RandomPatchSampler(recipe, cases, [], np.random.default_rng(0), 8)
@@ -155,7 +155,10 @@ def test_organ_targets_train_extra_classes_and_the_engine_reads_the_liver(tmp_pa
     assert set(np.unique(y.numpy())) <= {0, 1, 2} and (y == 2).any()
     train(tmp_path / "run", recipe, entries[:1], entries[1:], phantoms=0, iterations=2, validate_every=2,
           log=lambda m: None)
+    config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
+    assert config["recipe"]["network"]["args"]["out_channels"] == 3  # background, liver, one organ
     bundle = export_run(tmp_path / "run", tmp_path / "bundle", "organs", "0.0.1", log=lambda m: None)
+    assert bundle.network["args"]["out_channels"] == 3
     result = segment_liver(sitk.ReadImage(str(entries[1].image)), bundle, device="cpu")
     assert result.mask.GetSize() == sitk.ReadImage(str(entries[1].image)).GetSize()
 

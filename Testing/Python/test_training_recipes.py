@@ -107,7 +107,7 @@ def test_epochs_iterations_and_rank_split():
     assert total_iterations(recipe, 11) == 1000  # 11 volumes in one batch of 16: one step per epoch
     assert total_iterations(recipe, 40) == 3000 and total_iterations(recipe, 40, epochs=2) == 6
     assert total_iterations(recipe, 40, iterations=5, epochs=2) == 5
-    assert total_iterations(get_recipe("liver-mri"), 11) == 6000
+    assert total_iterations(get_recipe("liver-mri"), 11) == 3000
     with pytest.raises(LiverVolumetryError, match="not epochs"):
         total_iterations(get_recipe("liver-mri"), 11, epochs=3)
     recipe["volumes_per_batch"] = 2
