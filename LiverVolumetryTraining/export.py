@@ -81,6 +81,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         spec["validation"] = {"protocol": "held-out cases never used for training; engine pipeline; "
                                           "Dice on the native image grid", **evaluate_bundle(bundle, val_entries, log)}
         bundle = write_bundle(out_dir, state["model"], spec, overwrite=True)
+    if bundle.onnx_path is None:
+        log("no model.onnx written (needs the onnx and onnxruntime packages): the engine will run the network "
+            "with PyTorch, about 1.7x slower on CPU")
     from .model_card import write_model_card
 
     write_model_card(out_dir, notes=card_notes)

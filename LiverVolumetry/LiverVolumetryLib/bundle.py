@@ -4,7 +4,8 @@ A bundle is a folder holding ``model.json`` and a weights file (``.safetensors``
 state dict ``.pt`` read with ``torch.load(weights_only=True)``; nothing is unpickled).
 ``model.json`` records the network class and arguments, preprocessing, inference and
 post-processing settings, label names, version, the weights' SHA-256 (verified on every
-load), the training data and the measured validation metrics.
+load), the training data and the measured validation metrics. Optionally the same network
+as ``model.onnx`` (see ``onnx_network``), with its own SHA-256, for ONNX Runtime on CPU.
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ class ModelBundle:
     weights_path: Path
     sha256: str
     metadata: dict = field(default_factory=dict)
+    onnx_path: Path | None = None  # verified against model.json's SHA-256 on load
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes must be multiples of this (the U-Net's total stride)."""
+        product = 1
+        for stride in self.network.get("args", {}).get("strides", ()):
+            product *= int(stride if isinstance(stride, int) else max(stride))
+        return product
 
     def build_network(self):
         """Instantiate the network named in ``model.json`` (allow-listed MONAI classes)."""
@@ -154,6 +164,7 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
         raise ModelBundleError(folder, f"weights must be .safetensors or a .pt state dict, not {weights_path.suffix}")
     if verify and sha256_file(weights_path) != expected:
         raise ModelBundleError(folder, f"SHA-256 of {weights_path.name} does not match {MODEL_JSON}: the file is corrupt or was replaced")
+    onnx_path = _checked_onnx(folder, spec.get("onnx"), verify)
     try:
         return ModelBundle(
             path=folder, name=str(_require(spec, "name", folder)), version=str(_require(spec, "version", folder)),
@@ -162,15 +173,32 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
             inference=InferenceSettings.from_dict(spec.get("inference", {})),
             postprocessing=spec.get("postprocessing", {"largest_component": True, "fill_holes": True}),
             labels=spec.get("labels", {"0": "background", "1": "liver"}),
-            weights_path=weights_path, sha256=expected, metadata=spec)
+            weights_path=weights_path, sha256=expected, metadata=spec, onnx_path=onnx_path)
     except (KeyError, TypeError, ValueError) as error:
         raise ModelBundleError(folder, f"{MODEL_JSON} has a malformed section ({error})") from None
 
 
-def write_bundle(folder: str | Path, state_dict: dict, spec: dict, overwrite: bool = False) -> ModelBundle:
+def _checked_onnx(folder: Path, entry: Any, verify: bool) -> Path | None:
+    """The bundle's ONNX file when ``model.json`` names one; its SHA-256 checked."""
+    if not entry:
+        return None
+    if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+        raise ModelBundleError(folder, f"{MODEL_JSON} has a malformed 'onnx' section")
+    path = folder / str(entry["file"])
+    if path.suffix != ".onnx" or not path.is_file():
+        raise ModelBundleError(folder, f"ONNX file {path.name} is missing")
+    if verify and sha256_file(path) != str(entry["sha256"]).lower():
+        raise ModelBundleError(folder, f"SHA-256 of {path.name} does not match {MODEL_JSON}: the file is corrupt or was replaced")
+    return path
+
+
+def write_bundle(folder: str | Path, state_dict: dict, spec: dict, overwrite: bool = False,
+                 onnx: bool = True) -> ModelBundle:
     """Write weights (safetensors) and ``model.json`` with their SHA-256; return the bundle.
 
-    ``spec`` holds everything of ``model.json`` except ``weights`` and ``format_version``.
+    ``spec`` holds everything of ``model.json`` except ``weights``, ``onnx`` and
+    ``format_version``. With ``onnx`` (and ONNX Runtime installed) the network is also
+    written as ``model.onnx`` when its export matches PyTorch.
     """
     from safetensors.torch import save_file
 
@@ -179,7 +207,26 @@ def write_bundle(folder: str | Path, state_dict: dict, spec: dict, overwrite: bo
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_path(weights_path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp))
-    full = {"format_version": FORMAT_VERSION, **spec,
+    full = {"format_version": FORMAT_VERSION, **{k: v for k, v in spec.items() if k != "onnx"},
             "weights": {"file": weights_path.name, "sha256": sha256_file(weights_path)}}
+    onnx_path = folder / "model.onnx"
+    graph = _onnx_graph(folder, full, weights_path) if onnx else None
+    if graph is not None:
+        with atomic_path(onnx_path, overwrite=True) as tmp:
+            tmp.write_bytes(graph)
+        full["onnx"] = {"file": onnx_path.name, "sha256": sha256_file(onnx_path)}
+    elif onnx_path.exists():
+        onnx_path.unlink()  # never leave a graph of other weights beside these
     write_text_atomic(folder / MODEL_JSON, json.dumps(full, indent=2) + "\n", overwrite=True)
     return load_bundle(folder)
+
+
+def _onnx_graph(folder: Path, full: dict, weights_path: Path) -> bytes | None:
+    from .onnx_network import export_onnx, onnxruntime_available
+
+    if not onnxruntime_available():
+        return None
+    bundle = ModelBundle(path=folder, name=str(full.get("name", "")), version=str(full.get("version", "")),
+                         network=full["network"], preprocessing=Preprocessing(), inference=InferenceSettings(),
+                         postprocessing={}, labels={}, weights_path=weights_path, sha256="")
+    return export_onnx(bundle.load_network(), bundle.multiple)

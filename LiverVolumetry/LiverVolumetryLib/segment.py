@@ -24,7 +24,7 @@ from .preprocess import to_network_input
 Progress = Callable[[float, str], None]
 Cancel = Callable[[], bool]
 
-_NETWORK_CACHE: dict[tuple[str, str, str], object] = {}
+_NETWORK_CACHE: dict[tuple, object] = {}
 
 
 @dataclass
@@ -37,6 +37,7 @@ class SegmentationResult:
     device: str
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    backend: str = "torch"  # or "onnxruntime"
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -55,11 +56,28 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def network_backend(bundle: ModelBundle, device: str) -> str:
+    """'onnxruntime' on CPU when the bundle has an ONNX graph and ONNX Runtime is
+    installed (the fast path), else 'torch'."""
+    from .onnx_network import onnxruntime_available
+
+    return "onnxruntime" if device == "cpu" and bundle.onnx_path is not None and onnxruntime_available() else "torch"
+
+
 def _network_on(bundle: ModelBundle, device: str):
-    key = (str(bundle.path), bundle.sha256, device)
+    """The bundle's network, callable on a (N, 1, x, y, z) tensor (cached per process)."""
+    import torch
+
+    backend = network_backend(bundle, device)
+    key = (str(bundle.path), bundle.sha256, device, backend, torch.get_num_threads())
     if key not in _NETWORK_CACHE:
         _NETWORK_CACHE.clear()  # keep at most one network in memory
-        _NETWORK_CACHE[key] = bundle.load_network().to(device)
+        if backend == "onnxruntime":
+            from .onnx_network import OnnxNetwork
+
+            _NETWORK_CACHE[key] = OnnxNetwork(bundle.onnx_path)
+        else:
+            _NETWORK_CACHE[key] = bundle.load_network().to(device)
     return _NETWORK_CACHE[key]
 
 
@@ -189,4 +207,5 @@ def segment_liver(image: sitk.Image, model: str | Path | ModelBundle | None = No
     timings["postprocess"] = time.perf_counter() - t
     report(1.0, "postprocess")
     return SegmentationResult(mask=mask, model_name=bundle.name, model_version=bundle.version,
-                              device=device, seconds=time.perf_counter() - start, timings=timings)
+                              device=device, seconds=time.perf_counter() - start, timings=timings,
+                              backend=network_backend(bundle, device))

@@ -21,6 +21,7 @@ REQUIREMENTS = (
     ("matplotlib", "matplotlib>=3.7"),
     ("tqdm", "tqdm>=4.60"),
     ("yaml", "PyYAML>=6"),
+    ("onnxruntime", "onnxruntime>=1.17"),  # the fast CPU path; PyTorch is used without it
 )
 RADIOMICS = ("radiomics", "pyradiomics>=3.0.1")
 # pyradiomics has no wheels for recent Pythons and its source build fails in pip's build

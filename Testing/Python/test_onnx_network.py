@@ -1,0 +1,59 @@
+"""The ONNX Runtime path: same probabilities as PyTorch, checksummed, never stale."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import ellipsoid_image, rotation_direction
+
+from LiverVolumetryLib.bundle import load_bundle, write_bundle
+from LiverVolumetryLib.errors import ModelBundleError
+from LiverVolumetryLib.onnx_network import BACKEND_VARIABLE
+from LiverVolumetryLib.segment import network_backend, network_probability, segment_liver
+
+pytest.importorskip("onnxruntime")
+
+
+def test_bundles_carry_a_checksummed_onnx_graph(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    spec = json.loads((tiny_bundle / "model.json").read_text(encoding="utf-8"))
+    assert bundle.onnx_path == tiny_bundle / "model.onnx" and spec["onnx"]["file"] == "model.onnx"
+    assert network_backend(bundle, "cpu") == "onnxruntime" and network_backend(bundle, "cuda") == "torch"
+
+
+def test_onnx_runtime_gives_pytorchs_probabilities(tiny_bundle, monkeypatch):
+    image, _ = ellipsoid_image(size=(50, 42, 22), direction=rotation_direction((10, -5, 20)))
+    bundle = load_bundle(tiny_bundle)
+    fast, grid = network_probability(image, bundle, "cpu")
+    monkeypatch.setenv(BACKEND_VARIABLE, "torch")
+    assert network_backend(bundle, "cpu") == "torch"
+    slow, grid_torch = network_probability(image, bundle, "cpu")
+    assert fast.shape == slow.shape and grid.GetSize() == grid_torch.GetSize()
+    assert np.abs(fast - slow).max() < 1e-4
+    assert segment_liver(image, bundle, device="cpu").backend == "torch"
+
+
+def test_a_replaced_onnx_file_is_refused(tiny_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelBundleError, match="model.onnx"):
+        load_bundle(copy)
+    (copy / "model.onnx").unlink()
+    with pytest.raises(ModelBundleError, match="model.onnx is missing"):
+        load_bundle(copy)
+
+
+def test_rewriting_without_onnx_leaves_no_stale_graph(tiny_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    bundle = load_bundle(copy)
+    spec = {k: v for k, v in bundle.metadata.items() if k not in ("weights", "format_version")}
+    rewritten = write_bundle(copy, bundle.load_state_dict(), spec, overwrite=True, onnx=False)
+    assert rewritten.onnx_path is None and not (copy / "model.onnx").exists()
+    assert "onnx" not in json.loads((copy / "model.json").read_text(encoding="utf-8"))
