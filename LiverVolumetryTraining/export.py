@@ -54,12 +54,14 @@ def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str, checkpoint: str = "last",
                description: str = "", overwrite: bool = False, log=print, card_notes: str = "",
-               threshold: float | None = None, crossval: str | Path | None = None):
+               threshold: float | None = None, crossval: str | Path | None = None,
+               max_window_voxels: int | None = None):
     """Write ``out_dir`` as a bundle from ``run_dir``'s checkpoint and measure validation.
 
     ``threshold`` replaces the recipe's probability threshold (e.g. the one chosen by
-    cross-validation); ``crossval``: a cross-validation folder whose ``crossval.json``
-    is recorded in ``model.json`` and the model card.
+    cross-validation), ``max_window_voxels`` its one-window limit; ``crossval``: a
+    cross-validation folder whose ``crossval.json`` is recorded in ``model.json`` and the
+    model card.
     """
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -69,6 +71,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         if not 0.0 < threshold < 1.0:
             raise LiverVolumetryError(f"threshold must lie between 0 and 1, got {threshold}")
         spec["inference"] = {**spec["inference"], "threshold": float(threshold)}
+    if max_window_voxels is not None:
+        if max_window_voxels < 0:
+            raise LiverVolumetryError(f"max_window_voxels must be 0 or more, got {max_window_voxels}")
+        spec["inference"] = {**spec["inference"], "max_window_voxels": int(max_window_voxels)}
     if crossval is not None:
         from .crossval import read_summary
 

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from LiverVolumetryLib.bundle import load_bundle
-from LiverVolumetryLib.errors import InputError
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 from LiverVolumetryLib.phantom import make_phantom
 from LiverVolumetryTraining.dataset import CaseEntry, cached_case, find_pairs, load_entry
 from LiverVolumetryTraining.recipes import get_recipe
@@ -157,8 +157,12 @@ def test_organ_targets_train_extra_classes_and_the_engine_reads_the_liver(tmp_pa
           log=lambda m: None)
     config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
     assert config["recipe"]["network"]["args"]["out_channels"] == 3  # background, liver, one organ
-    bundle = export_run(tmp_path / "run", tmp_path / "bundle", "organs", "0.0.1", log=lambda m: None)
-    assert bundle.network["args"]["out_channels"] == 3
+    bundle = export_run(tmp_path / "run", tmp_path / "bundle", "organs", "0.0.1", log=lambda m: None,
+                        max_window_voxels=123_456)
+    assert bundle.network["args"]["out_channels"] == 3 and bundle.inference.max_window_voxels == 123_456
+    with pytest.raises(LiverVolumetryError, match="max_window_voxels"):
+        export_run(tmp_path / "run", tmp_path / "bundle2", "organs", "0.0.1", log=lambda m: None, max_window_voxels=-1)
+    assert not (tmp_path / "bundle2").exists()
     result = segment_liver(sitk.ReadImage(str(entries[1].image)), bundle, device="cpu")
     assert result.mask.GetSize() == sitk.ReadImage(str(entries[1].image)).GetSize()
 
