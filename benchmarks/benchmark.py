@@ -74,6 +74,7 @@ def _child_main(args: argparse.Namespace) -> None:
             image = read_image(args.image)
             t1 = time.perf_counter()
             result = segment_liver(image, bundle, args.device)
+            weights = f"{bundle.name} {bundle.version} ({result.backend})"
             t2 = time.perf_counter()
             write_mask(result.mask, out_dir / "mask.nii.gz")
             t3 = time.perf_counter()
