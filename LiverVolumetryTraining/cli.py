@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
     train(args.run, recipe, train_entries, val_entries, cache_dir=cache, phantoms=args.phantoms,
           iterations=args.iterations, validate_every=args.validate_every, seed=args.seed,
           log=lambda m: print(m, flush=True), epochs=args.epochs, device=args.device,
-          progress=not args.no_progress)
+          progress=not args.no_progress, init_from=args.init_from)
     return 0
 
 
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--validate-every", type=int, default=250)
     t.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init-from", metavar="BUNDLE", help="start from this model bundle's weights (fine-tuning); "
+                                                         "its network must be the recipe's")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("export", help="write a model bundle from a run")
     e.add_argument("run")

@@ -47,6 +47,8 @@ def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: 
                      "cases": [e["case"] for e in config["train"]],
                      "validation_cases": [e["case"] for e in config["validation"]]},
     }
+    if config.get("init_from"):  # fine-tuned from another bundle
+        spec["training"]["init_from"] = config["init_from"]
     if config.get("iterations_per_epoch"):  # epoch-based recipes (volumetry-net)
         spec["training"]["epochs"] = round(state["iteration"] / config["iterations_per_epoch"], 2)
     return spec

@@ -71,7 +71,8 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
             ("iterations", f"{training.get('iterations')}"
                            + (f" ({training['epochs']} epochs)" if training.get("epochs") is not None else "")
                            + f" (checkpoint: {training.get('checkpoint')})"),
-        ]),
+        ] + ([("started from", f"{start['name']} {start['version']} (weights SHA-256 `{start['sha256']}`)")]
+             if (start := training.get("init_from")) else [])),
         "",
         "## Validation",
         "",

@@ -22,7 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from LiverVolumetryLib.bundle import InferenceSettings
+from LiverVolumetryLib.bundle import InferenceSettings, load_bundle
+from LiverVolumetryLib.errors import InputError
 from LiverVolumetryLib.preprocess import Preprocessing
 from LiverVolumetryLib.segment import stride_product, window_roi
 
@@ -164,17 +165,19 @@ def _make_optimizer(network: torch.nn.Module, recipe: dict) -> torch.optim.Optim
 def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry], val_entries: Sequence[CaseEntry],
           cache_dir: Path | None = None, phantoms: int | None = None, iterations: int | None = None,
           validate_every: int = 250, seed: int = 0, log=print, epochs: int | None = None, device: str = "auto",
-          progress: bool = False) -> Path:
+          progress: bool = False, init_from: str | Path | None = None) -> Path:
     """Train (or resume) a run; returns the path of the last checkpoint.
 
     ``iterations`` (optimiser steps) or ``epochs`` (passes over the training volumes, for
     epoch-based recipes) override the recipe's length. ``device``: auto, cpu or cuda.
+    ``init_from``: a model bundle whose weights start the run (fine-tuning, e.g. the
+    bundled model on a hospital's own cases); its network must be the recipe's.
     Under torchrun every rank calls this; only rank 0 logs (``log``) and writes files.
     """
     with distributed_session(device) as ctx:
         return _train(ctx, Path(run_dir), recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
                       total_iterations(recipe, len(train_entries), iterations, epochs), validate_every, seed,
-                      log, progress)
+                      log, progress, init_from)
 
 
 def _with_organ_classes(recipe: dict, cases: Sequence[CachedCase]) -> dict:
@@ -189,10 +192,18 @@ def _with_organ_classes(recipe: dict, cases: Sequence[CachedCase]) -> dict:
     return {**recipe, "network": {**recipe["network"], "args": {**args, "out_channels": organs + 2}}}
 
 
+def _check_same_network(bundle, recipe: dict) -> None:
+    ours, theirs = json.loads(json.dumps(recipe["network"])), json.loads(json.dumps(bundle.network))
+    if ours != theirs:
+        raise InputError(bundle.path, f"its network {theirs} is not the recipe's {ours}; fine-tuning needs the same "
+                                      "network (with organ_targets, the same number of output classes)")
+
+
 def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[CaseEntry],
            val_entries: list[CaseEntry], cache_dir: Path | None, phantoms: int | None, iterations: int,
-           validate_every: int, seed: int, log, progress: bool) -> Path:
+           validate_every: int, seed: int, log, progress: bool, init_from: str | Path | None = None) -> Path:
     say = log if ctx.is_main else (lambda message: None)
+    start_bundle = load_bundle(init_from) if init_from is not None else None  # checks its SHA-256 early
     phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
     prep = Preprocessing.from_dict(recipe["preprocessing"])
     per_epoch = iterations_per_epoch(recipe, len(train_entries)) if "volumes_per_batch" in recipe else None
@@ -212,8 +223,13 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
                      if phantoms and recipe.get("phantom_fraction", 0) > 0 else [])
     say(f"{len(phantom_cases)} phantoms ready")
     recipe = _with_organ_classes(recipe, train_cases + phantom_cases)
+    if start_bundle is not None:
+        _check_same_network(start_bundle, recipe)
     if ctx.is_main:
         config["recipe"] = recipe
+        if start_bundle is not None:
+            config["init_from"] = {"name": start_bundle.name, "version": start_bundle.version,
+                                   "sha256": start_bundle.sha256}
         (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     network = build_network(recipe)
@@ -227,6 +243,9 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
         network.load_state_dict(state["model"])
         start, best = int(state["iteration"]), float(state["best_dice"])
         say(f"resuming at iteration {start}")
+    elif start_bundle is not None:
+        network.load_state_dict(start_bundle.load_state_dict())
+        say(f"starting from the weights of {start_bundle.name} {start_bundle.version}")
     network = wrap_model(network, ctx)
     optimizer = _make_optimizer(unwrap(network), recipe)
     if state is not None:

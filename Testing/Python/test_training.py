@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from LiverVolumetryLib.bundle import load_bundle
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
@@ -115,6 +116,30 @@ def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):
     assert 0.0 <= meta["validation"]["dice_mean"] <= 1.0
     card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
     assert f"{meta['validation']['dice_mean']:.3f}" in card and meta["weights"]["sha256"] in card
+
+
+def test_fine_tuning_starts_from_a_bundles_weights_and_needs_its_network(pairs_folder, tmp_path):
+    from LiverVolumetryTraining.export import export_run
+    from LiverVolumetryTraining.train import load_checkpoint
+
+    entries = find_pairs(pairs_folder, liver_label=6)
+    recipe = {**tiny_recipe(), "organ_targets": False}
+    train(tmp_path / "a", recipe, entries[:2], [], phantoms=0, iterations=2, validate_every=2, log=lambda m: None)
+    start = export_run(tmp_path / "a", tmp_path / "start", "start", "1.0.0", log=lambda m: None)
+    frozen = {**recipe, "optimizer": {"name": "AdamW", "lr": 0.0, "weight_decay": 1e-5}}
+    messages = []
+    train(tmp_path / "b", frozen, entries[:2], [], phantoms=0, iterations=2, validate_every=2, log=messages.append,
+          init_from=start.path)
+    assert any("starting from the weights of start 1.0.0" in m for m in messages)
+    tuned = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(tuned[k], v) for k, v in start.load_state_dict().items())  # lr 0: still the bundle's
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["init_from"]["sha256"] == start.sha256
+    bundle = export_run(tmp_path / "b", tmp_path / "tuned", "tuned", "1.0.1", log=lambda m: None)
+    assert json.loads((bundle.path / "model.json").read_text())["training"]["init_from"]["name"] == "start"
+    assert f"started from | start 1.0.0 (weights SHA-256 `{start.sha256}`)" in (bundle.path / "MODEL.md").read_text()
+    wider = {**recipe, "network": {**recipe["network"], "args": {**recipe["network"]["args"], "channels": [8, 16]}}}
+    with pytest.raises(InputError, match="fine-tuning needs the same network"):
+        train(tmp_path / "c", wider, entries[:2], [], phantoms=0, iterations=2, log=lambda m: None, init_from=start.path)
 
 
 def test_training_phantoms_take_the_recipes_contrasts_in_turn():
