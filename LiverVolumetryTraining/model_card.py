@@ -54,7 +54,8 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
             ("inference", json.dumps(spec.get("inference", {}))),
             ("post-processing", json.dumps(spec.get("postprocessing", {}))),
             ("weights", f"`{spec['weights']['file']}`, SHA-256 `{spec['weights']['sha256']}`"),
-        ]),
+        ] + ([("ONNX graph", f"`{onnx['file']}` (the same network for ONNX Runtime on CPU), SHA-256 `{onnx['sha256']}`")]
+             if (onnx := spec.get("onnx")) else [])),
         "",
         "## Training",
         "",

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from LiverVolumetryLib.bundle import load_bundle
+from LiverVolumetryLib.bundle import load_bundle, sha256_file
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 from LiverVolumetryLib.phantom import make_phantom
 from LiverVolumetryTraining.dataset import CaseEntry, cached_case, find_pairs, load_entry
@@ -136,7 +136,9 @@ def test_fine_tuning_starts_from_a_bundles_weights_and_needs_its_network(pairs_f
     assert json.loads((tmp_path / "b" / "config.json").read_text())["init_from"]["sha256"] == start.sha256
     bundle = export_run(tmp_path / "b", tmp_path / "tuned", "tuned", "1.0.1", log=lambda m: None)
     assert json.loads((bundle.path / "model.json").read_text())["training"]["init_from"]["name"] == "start"
-    assert f"started from | start 1.0.0 (weights SHA-256 `{start.sha256}`)" in (bundle.path / "MODEL.md").read_text()
+    card = (bundle.path / "MODEL.md").read_text()
+    assert f"started from | start 1.0.0 (weights SHA-256 `{start.sha256}`)" in card
+    assert f"`model.onnx` (the same network for ONNX Runtime on CPU), SHA-256 `{sha256_file(bundle.onnx_path)}`" in card
     wider = {**recipe, "network": {**recipe["network"], "args": {**recipe["network"]["args"], "channels": [8, 16]}}}
     with pytest.raises(InputError, match="fine-tuning needs the same network"):
         train(tmp_path / "c", wider, entries[:2], [], phantoms=0, iterations=2, log=lambda m: None, init_from=start.path)
