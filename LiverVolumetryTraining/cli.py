@@ -75,7 +75,8 @@ def cmd_export(args) -> int:
     notes = Path(args.card_notes).read_text(encoding="utf-8") if args.card_notes else ""
     bundle = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.description,
                         overwrite=args.overwrite, log=lambda m: print(m, flush=True), card_notes=notes,
-                        threshold=args.threshold, crossval=args.crossval, max_window_voxels=args.max_window_voxels)
+                        threshold=args.threshold, crossval=args.crossval, max_window_voxels=args.max_window_voxels,
+                        crop_to_body=args.crop_to_body)
     print(f"wrote bundle {bundle.path} (sha256 {bundle.sha256[:12]}...)")
     return 0
 
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--crossval", help="cross-validation folder whose crossval.json goes into model.json and MODEL.md")
     e.add_argument("--max-window-voxels", type=int, help="run grids up to this many voxels as one window (0: the "
                                                          "recipe's sliding windows), e.g. as benchmarks/window_settings.py chose")
+    e.add_argument("--crop-to-body", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the network only on the box around the body (default: the recipe's)")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
     x = sub.add_parser("crossval", help="k-fold cross-validation: train per fold, evaluate out-of-fold masks")

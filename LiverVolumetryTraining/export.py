@@ -57,11 +57,12 @@ def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: 
 def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str, checkpoint: str = "last",
                description: str = "", overwrite: bool = False, log=print, card_notes: str = "",
                threshold: float | None = None, crossval: str | Path | None = None,
-               max_window_voxels: int | None = None):
+               max_window_voxels: int | None = None, crop_to_body: bool | None = None):
     """Write ``out_dir`` as a bundle from ``run_dir``'s checkpoint and measure validation.
 
     ``threshold`` replaces the recipe's probability threshold (e.g. the one chosen by
-    cross-validation), ``max_window_voxels`` its one-window limit; ``crossval``: a
+    cross-validation), ``max_window_voxels`` its one-window limit, ``crop_to_body``
+    whether the network sees only the box around the body; ``crossval``: a
     cross-validation folder whose ``crossval.json`` is recorded in ``model.json`` and the
     model card.
     """
@@ -77,6 +78,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         if max_window_voxels < 0:
             raise LiverVolumetryError(f"max_window_voxels must be 0 or more, got {max_window_voxels}")
         spec["inference"] = {**spec["inference"], "max_window_voxels": int(max_window_voxels)}
+    if crop_to_body is not None:
+        spec["inference"] = {**spec["inference"], "crop_to_body": bool(crop_to_body)}
     if crossval is not None:
         from .crossval import read_summary
 

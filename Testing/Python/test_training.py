@@ -185,8 +185,10 @@ def test_organ_targets_train_extra_classes_and_the_engine_reads_the_liver(tmp_pa
     config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
     assert config["recipe"]["network"]["args"]["out_channels"] == 3  # background, liver, one organ
     bundle = export_run(tmp_path / "run", tmp_path / "bundle", "organs", "0.0.1", log=lambda m: None,
-                        max_window_voxels=123_456)
+                        max_window_voxels=123_456, crop_to_body=True)
     assert bundle.network["args"]["out_channels"] == 3 and bundle.inference.max_window_voxels == 123_456
+    assert bundle.inference.crop_to_body and not json.loads((tmp_path / "run" / "config.json").read_text(
+        encoding="utf-8"))["recipe"]["inference"].get("crop_to_body")
     with pytest.raises(LiverVolumetryError, match="max_window_voxels"):
         export_run(tmp_path / "run", tmp_path / "bundle2", "organs", "0.0.1", log=lambda m: None, max_window_voxels=-1)
     assert not (tmp_path / "bundle2").exists()
