@@ -131,12 +131,27 @@ def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
             progress(min(done[0] / total, 1.0), "network")
         return torch.softmax(logits.float(), dim=1)[:, 1:2]
 
-    tensor = torch.from_numpy(array)[None, None].to(device)
+    # Pad with the image's darkest value (air), not 0, which is mid-grey after scaling.
+    cval = float(array.min())
     with torch.inference_mode():
-        # Pad with the image's darkest value (air), not 0, which is mid-grey after scaling.
+        if all(r >= s for r, s in zip(roi, array.shape)):
+            return _one_window(array, roi, predictor, cval, device)
+        tensor = torch.from_numpy(array)[None, None].to(device)
         prob = sliding_window_inference(tensor, roi, settings.sw_batch_size, predictor,
-                                        overlap=settings.overlap, mode=settings.mode, cval=float(array.min()))
+                                        overlap=settings.overlap, mode=settings.mode, cval=cval)
     return prob[0, 0].float().cpu().numpy()
+
+
+def _one_window(array: np.ndarray, roi: tuple[int, ...], predictor, cval: float, device: str) -> np.ndarray:
+    """What MONAI's sliding windows give when one window holds the array (padding split
+    evenly before and after), without their blending and bookkeeping."""
+    import torch
+
+    pads = [((r - s) // 2, r - s - (r - s) // 2) for s, r in zip(array.shape, roi)]
+    padded = np.pad(array, pads, constant_values=np.float32(cval))
+    prob = predictor(torch.from_numpy(padded)[None, None].to(device))[0, 0]
+    inside = tuple(slice(before, before + s) for (before, _), s in zip(pads, array.shape))
+    return np.ascontiguousarray(prob[inside].float().cpu().numpy())
 
 
 def _check_image(image: sitk.Image) -> None:

@@ -125,3 +125,30 @@ def test_cropped_single_window_inference_matches_whole_grid_for_batch_norm(tmp_p
     assert np.allclose(cropped[inner], whole[box.slices][inner], atol=1e-5)
     # Instance norm (the default) would differ: the check above can fail.
     assert not np.allclose(cropped, whole[box.slices], atol=1e-5)
+
+
+def test_one_window_shortcut_gives_monais_sliding_window_result(tmp_path):
+    """When one window holds the array the engine skips MONAI's blending; the result must be
+    what sliding_window_inference gives (same even padding with the air value)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import UNet
+
+    from LiverVolumetryLib.bundle import load_bundle, write_bundle
+    from LiverVolumetryLib.segment import _network_on, liver_probability
+
+    torch.manual_seed(0)
+    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 8], "strides": [2, 2],
+            "num_res_units": 0, "norm": "instance"}
+    spec = {"name": "in", "version": "0", "network": {"class": "UNet", "args": args},
+            "preprocessing": {"orientation": "RAS", "spacing_mm": [4.0, 4.0, 4.0]},
+            "inference": {"roi_size": [16, 16, 16], "overlap": 0.25, "max_window_voxels": 10**6}}
+    bundle = load_bundle(write_bundle(tmp_path / "in", UNet(**args).state_dict(), spec).path)
+    array = np.random.default_rng(4).normal(0, 1, (21, 27, 13)).astype(np.float32)
+    got = liver_probability(array, bundle, "cpu")
+    network = _network_on(bundle, "cpu")
+    with torch.inference_mode():
+        expected = sliding_window_inference(torch.from_numpy(array)[None, None], (24, 28, 16), 1,
+                                            lambda x: torch.softmax(network(x), dim=1)[:, 1:2], overlap=0.25,
+                                            mode="gaussian", cval=float(array.min()))[0, 0].numpy()
+    assert got.shape == array.shape and np.allclose(got, expected, atol=1e-5)
