@@ -55,27 +55,25 @@ def export_onnx(network, multiple: int) -> bytes | None:
     check = torch.randn(1, 1, size, 3 * multiple, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = torch.softmax(network(check), dim=1).numpy()
-    got = _softmax(OnnxNetwork(data, threads=1).logits(check.numpy()))
+    got = softmax(OnnxNetwork(data, threads=1).logits(check.numpy()))
     return data if float(np.abs(got - expected).max()) <= TOLERANCE else None
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 class OnnxNetwork:
-    """Callable like the PyTorch network: (N, 1, x, y, z) tensor in, logits tensor out."""
+    """``logits`` takes and gives numpy arrays (N, 1, x, y, z); called like the PyTorch
+    network, it takes and gives tensors (for MONAI's sliding windows)."""
 
     def __init__(self, model: bytes | Path, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        if threads is None:
-            import torch
-
-            threads = torch.get_num_threads()
-        options.intra_op_num_threads = max(1, int(threads))
+        if threads is not None:  # else ONNX Runtime's default: one thread per physical core
+            options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

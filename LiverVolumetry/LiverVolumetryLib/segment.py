@@ -7,6 +7,8 @@ postprocess (resample back, threshold, largest component, fill holes).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ import SimpleITK as sitk
 from .bundle import ModelBundle, load_bundle
 from .crop import Box, body_box, box_grid
 from .errors import CancelledError, InputError, LiverVolumetryError
+from .onnx_network import OnnxNetwork, softmax
 from .postprocess import clean_mask, probability_to_input_grid
 from .preprocess import to_network_input
 
@@ -41,19 +44,30 @@ class SegmentationResult:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. 'gpu' is an alias of 'cuda'."""
-    import torch
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. 'gpu' is an alias of 'cuda'.
 
+    'cpu', and 'auto' on a Linux machine without the NVIDIA driver, are answered without
+    importing PyTorch (about 1 s of every cold start).
+    """
     device = (device or "auto").lower()
     if device == "gpu":
         device = "cuda"
+    if device == "cpu" or (device == "auto" and not _may_have_cuda()):
+        return "cpu"
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LiverVolumetryError("device 'cuda' was requested but no CUDA GPU is available (use --device cpu)")
-    if device != "cpu" and not device.startswith("cuda"):
+    if not device.startswith("cuda"):
         raise LiverVolumetryError(f"unknown device {device!r} (auto, cpu, cuda)")
     return device
+
+
+def _may_have_cuda() -> bool:
+    """False only where CUDA is certainly absent: Linux without the NVIDIA kernel driver."""
+    return not sys.platform.startswith("linux") or os.path.exists("/proc/driver/nvidia/version")
 
 
 def network_backend(bundle: ModelBundle, device: str) -> str:
@@ -65,17 +79,17 @@ def network_backend(bundle: ModelBundle, device: str) -> str:
 
 
 def _network_on(bundle: ModelBundle, device: str):
-    """The bundle's network, callable on a (N, 1, x, y, z) tensor (cached per process)."""
-    import torch
-
+    """The bundle's network (cached per process): an ``OnnxNetwork`` or a PyTorch module."""
     backend = network_backend(bundle, device)
-    key = (str(bundle.path), bundle.sha256, device, backend, torch.get_num_threads())
+    torch = sys.modules.get("torch")  # a thread count the user set in PyTorch applies to both backends
+    threads = torch.get_num_threads() if torch is not None else None
+    key = (str(bundle.path), bundle.sha256, device, backend, threads)
     if key not in _NETWORK_CACHE:
         _NETWORK_CACHE.clear()  # keep at most one network in memory
         if backend == "onnxruntime":
             from .onnx_network import OnnxNetwork
 
-            _NETWORK_CACHE[key] = OnnxNetwork(bundle.onnx_path)
+            _NETWORK_CACHE[key] = OnnxNetwork(bundle.onnx_path, threads=threads)
         else:
             _NETWORK_CACHE[key] = bundle.load_network().to(device)
     return _NETWORK_CACHE[key]
@@ -112,12 +126,48 @@ def window_roi(shape: tuple[int, ...], settings, multiple: int) -> tuple[int, ..
 def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
                       progress: Progress | None = None, cancel: Cancel | None = None) -> np.ndarray:
     """Foreground probability (x, y, z float32) for a preprocessed network array."""
-    import torch
-    from monai.inferers import sliding_window_inference
-
     network = _network_on(bundle, device)
     settings = bundle.inference
     roi = window_roi(array.shape, settings, stride_product(bundle.network))
+    cval = float(array.min())  # pad with the darkest value (air), not 0, which is mid-grey after scaling
+    if all(r >= s for r, s in zip(roi, array.shape)):
+        if cancel is not None and cancel():
+            raise CancelledError()
+        probability = _one_window(array, roi, lambda batch: _foreground(network, batch, device), cval)
+        if progress is not None:
+            progress(1.0, "network")
+        return probability
+    return _sliding_windows(array, roi, network, bundle, device, cval, progress, cancel)
+
+
+def _foreground(network, batch: np.ndarray, device: str) -> np.ndarray:
+    """Liver probability (N, 1, x, y, z) of a numpy batch; ONNX Runtime needs no PyTorch."""
+    if isinstance(network, OnnxNetwork):
+        return softmax(network.logits(batch))[:, 1:2]
+    import torch
+
+    with torch.inference_mode(), torch.autocast("cuda", enabled=device.startswith("cuda")):
+        logits = network(torch.from_numpy(batch).to(device))
+    return torch.softmax(logits.float(), dim=1)[:, 1:2].cpu().numpy()
+
+
+def _one_window(array: np.ndarray, roi: tuple[int, ...], foreground, cval: float) -> np.ndarray:
+    """What MONAI's sliding windows give when one window holds the array (padding split
+    evenly before and after), without their blending and bookkeeping."""
+    pads = [((r - s) // 2, r - s - (r - s) // 2) for s, r in zip(array.shape, roi)]
+    padded = np.pad(array, pads, constant_values=np.float32(cval))
+    probability = foreground(padded[None, None])[0, 0]
+    inside = tuple(slice(before, before + s) for (before, _), s in zip(pads, array.shape))
+    return np.ascontiguousarray(probability[inside], dtype=np.float32)
+
+
+def _sliding_windows(array: np.ndarray, roi: tuple[int, ...], network, bundle: ModelBundle, device: str,
+                     cval: float, progress: Progress | None, cancel: Cancel | None) -> np.ndarray:
+    """MONAI's overlapping windows with Gaussian blending, for grids larger than one window."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    settings = bundle.inference
     total = max(1, math.ceil(_window_count(array.shape, roi, settings.overlap) / settings.sw_batch_size))
     done = [0]
 
@@ -131,27 +181,10 @@ def liver_probability(array: np.ndarray, bundle: ModelBundle, device: str,
             progress(min(done[0] / total, 1.0), "network")
         return torch.softmax(logits.float(), dim=1)[:, 1:2]
 
-    # Pad with the image's darkest value (air), not 0, which is mid-grey after scaling.
-    cval = float(array.min())
     with torch.inference_mode():
-        if all(r >= s for r, s in zip(roi, array.shape)):
-            return _one_window(array, roi, predictor, cval, device)
-        tensor = torch.from_numpy(array)[None, None].to(device)
-        prob = sliding_window_inference(tensor, roi, settings.sw_batch_size, predictor,
-                                        overlap=settings.overlap, mode=settings.mode, cval=cval)
+        prob = sliding_window_inference(torch.from_numpy(array)[None, None].to(device), roi, settings.sw_batch_size,
+                                        predictor, overlap=settings.overlap, mode=settings.mode, cval=cval)
     return prob[0, 0].float().cpu().numpy()
-
-
-def _one_window(array: np.ndarray, roi: tuple[int, ...], predictor, cval: float, device: str) -> np.ndarray:
-    """What MONAI's sliding windows give when one window holds the array (padding split
-    evenly before and after), without their blending and bookkeeping."""
-    import torch
-
-    pads = [((r - s) // 2, r - s - (r - s) // 2) for s, r in zip(array.shape, roi)]
-    padded = np.pad(array, pads, constant_values=np.float32(cval))
-    prob = predictor(torch.from_numpy(padded)[None, None].to(device))[0, 0]
-    inside = tuple(slice(before, before + s) for (before, _), s in zip(pads, array.shape))
-    return np.ascontiguousarray(prob[inside].float().cpu().numpy())
 
 
 def _check_image(image: sitk.Image) -> None:

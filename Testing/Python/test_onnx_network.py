@@ -57,3 +57,21 @@ def test_rewriting_without_onnx_leaves_no_stale_graph(tiny_bundle, tmp_path):
     rewritten = write_bundle(copy, bundle.load_state_dict(), spec, overwrite=True, onnx=False)
     assert rewritten.onnx_path is None and not (copy / "model.onnx").exists()
     assert "onnx" not in json.loads((copy / "model.json").read_text(encoding="utf-8"))
+
+
+def test_the_cpu_path_segments_without_importing_pytorch_or_monai():
+    """PyTorch and MONAI imports are ~2 s of a cold start; ONNX Runtime on one window needs neither."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lib = Path(__file__).resolve().parents[2] / "LiverVolumetry"
+    code = (f"import sys; sys.path.insert(0, {str(lib)!r})\n"
+            "from LiverVolumetryLib.phantom import make_phantom\n"
+            "from LiverVolumetryLib.segment import resolve_device, segment_liver\n"
+            "result = segment_liver(make_phantom(3, shape=(96, 80, 24)).image, device=resolve_device('cpu'))\n"
+            "print(result.backend, 'torch' in sys.modules, 'monai' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    backend, torch_loaded, monai_loaded = out.stdout.split()
+    assert (backend, torch_loaded, monai_loaded) == ("onnxruntime", "False", "False")
