@@ -1,6 +1,6 @@
 """``segment_liver``: one SimpleITK image in, a liver mask on the same grid out.
 
-image -> preprocess (RAS, spacing, intensity) -> network (sliding window) ->
+image -> preprocess (RAS, spacing, intensity) -> network (one window, or sliding windows) ->
 postprocess (resample back, threshold, largest component, fill holes).
 """
 
