@@ -100,23 +100,29 @@ def test_clean_mask_touching_the_grid_border():
     assert np.array_equal(out, expected)
 
 
-def test_cropped_single_window_inference_matches_whole_grid_for_batch_norm(tmp_path):
-    """A batch-norm network in eval mode does not depend on what else is in its window, so
-    the body crop and one whole window leave the probability unchanged away from the crop's
-    faces (where zero padding differs)."""
+def _one_window_bundle(folder, norm: str, channels: list[int], overlap: float):
+    """A tiny random-weight U-Net bundle whose grids up to 1 M voxels run as one window."""
     import torch
     from monai.networks.nets import UNet
 
     from LiverVolumetryLib.bundle import load_bundle, write_bundle
-    from LiverVolumetryLib.segment import liver_probability
 
     torch.manual_seed(0)
-    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2],
-            "num_res_units": 0, "norm": "batch"}
-    spec = {"name": "bn", "version": "0", "network": {"class": "UNet", "args": args},
+    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": channels,
+            "strides": [2] * (len(channels) - 1), "num_res_units": 0, "norm": norm}
+    spec = {"name": norm, "version": "0", "network": {"class": "UNet", "args": args},
             "preprocessing": {"orientation": "RAS", "spacing_mm": [4.0, 4.0, 4.0]},
-            "inference": {"roi_size": [16, 16, 16], "overlap": 0.5, "max_window_voxels": 10**6}}
-    bundle = load_bundle(write_bundle(tmp_path / "bn", UNet(**args).state_dict(), spec).path)
+            "inference": {"roi_size": [16, 16, 16], "overlap": overlap, "max_window_voxels": 10**6}}
+    return load_bundle(write_bundle(folder, UNet(**args).state_dict(), spec).path)
+
+
+def test_cropped_single_window_inference_matches_whole_grid_for_batch_norm(tmp_path):
+    """A batch-norm network in eval mode does not depend on what else is in its window, so
+    the body crop and one whole window leave the probability unchanged away from the crop's
+    faces (where zero padding differs)."""
+    from LiverVolumetryLib.segment import liver_probability
+
+    bundle = _one_window_bundle(tmp_path / "bn", "batch", [4, 8], overlap=0.5)
     array = np.random.default_rng(3).normal(0, 1, (48, 44, 40)).astype(np.float32)
     whole = liver_probability(array, bundle, "cpu")
     box = Box((8, 6, 8), (40, 38, 34))
@@ -132,18 +138,10 @@ def test_one_window_shortcut_gives_monais_sliding_window_result(tmp_path):
     what sliding_window_inference gives (same even padding with the air value)."""
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.networks.nets import UNet
 
-    from LiverVolumetryLib.bundle import load_bundle, write_bundle
     from LiverVolumetryLib.segment import _network_on, liver_probability
 
-    torch.manual_seed(0)
-    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 8], "strides": [2, 2],
-            "num_res_units": 0, "norm": "instance"}
-    spec = {"name": "in", "version": "0", "network": {"class": "UNet", "args": args},
-            "preprocessing": {"orientation": "RAS", "spacing_mm": [4.0, 4.0, 4.0]},
-            "inference": {"roi_size": [16, 16, 16], "overlap": 0.25, "max_window_voxels": 10**6}}
-    bundle = load_bundle(write_bundle(tmp_path / "in", UNet(**args).state_dict(), spec).path)
+    bundle = _one_window_bundle(tmp_path / "in", "instance", [4, 8, 8], overlap=0.25)
     array = np.random.default_rng(4).normal(0, 1, (21, 27, 13)).astype(np.float32)
     got = liver_probability(array, bundle, "cpu")
     network = _network_on(bundle, "cpu")
