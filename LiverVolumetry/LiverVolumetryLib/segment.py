@@ -66,8 +66,10 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def _may_have_cuda() -> bool:
-    """False only where CUDA is certainly absent: Linux without the NVIDIA kernel driver."""
-    return not sys.platform.startswith("linux") or os.path.exists("/proc/driver/nvidia/version")
+    """False only where CUDA is certainly absent: Linux without the NVIDIA kernel driver
+    (``/proc/driver/nvidia``) and without WSL2's GPU device (``/dev/dxg``)."""
+    return not sys.platform.startswith("linux") or any(
+        os.path.exists(path) for path in ("/proc/driver/nvidia/version", "/dev/dxg"))
 
 
 def network_backend(bundle: ModelBundle, device: str) -> str:

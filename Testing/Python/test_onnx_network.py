@@ -75,3 +75,20 @@ def test_the_cpu_path_segments_without_importing_pytorch_or_monai():
     assert out.returncode == 0, out.stderr[-2000:]
     backend, torch_loaded, monai_loaded = out.stdout.split()
     assert (backend, torch_loaded, monai_loaded) == ("onnxruntime", "False", "False")
+
+
+def test_resolve_device_answers_cpu_without_pytorch_where_cuda_cannot_be(monkeypatch):
+    import torch
+
+    from LiverVolumetryLib import segment
+    from LiverVolumetryLib.errors import LiverVolumetryError
+
+    monkeypatch.setattr(segment, "_may_have_cuda", lambda: False)
+    assert segment.resolve_device("auto") == "cpu" and segment.resolve_device("CPU") == "cpu"
+    monkeypatch.setattr(segment, "_may_have_cuda", lambda: True)
+    assert segment.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(LiverVolumetryError, match="unknown device 'tpu'"):
+        segment.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LiverVolumetryError, match="no CUDA GPU"):
+            segment.resolve_device("gpu")
