@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from .bundle import ModelBundle, load_bundle
 from .crop import Box, body_box, box_grid
 from .errors import CancelledError, InputError, LiverVolumetryError
-from .onnx_network import OnnxNetwork, softmax
+from .onnx_network import OnnxNetwork, onnxruntime_available, softmax
 from .postprocess import clean_mask, probability_to_input_grid
 from .preprocess import to_network_input
 
@@ -75,8 +75,6 @@ def _may_have_cuda() -> bool:
 def network_backend(bundle: ModelBundle, device: str) -> str:
     """'onnxruntime' on CPU when the bundle has an ONNX graph and ONNX Runtime is
     installed (the fast path), else 'torch'."""
-    from .onnx_network import onnxruntime_available
-
     return "onnxruntime" if device == "cpu" and bundle.onnx_path is not None and onnxruntime_available() else "torch"
 
 
@@ -89,8 +87,6 @@ def _network_on(bundle: ModelBundle, device: str):
     if key not in _NETWORK_CACHE:
         _NETWORK_CACHE.clear()  # keep at most one network in memory
         if backend == "onnxruntime":
-            from .onnx_network import OnnxNetwork
-
             _NETWORK_CACHE[key] = OnnxNetwork(bundle.onnx_path, threads=threads)
         else:
             _NETWORK_CACHE[key] = bundle.load_network().to(device)
