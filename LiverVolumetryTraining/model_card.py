@@ -72,7 +72,10 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
             ("iterations", f"{training.get('iterations')}"
                            + (f" ({training['epochs']} epochs)" if training.get("epochs") is not None else "")
                            + f" (checkpoint: {training.get('checkpoint')})"),
-        ] + ([("started from", f"{start['name']} {start['version']} (weights SHA-256 `{start['sha256']}`)")]
+        ] + ([("stages", "; ".join(f"{k + 1}. {json.dumps(stage)}" for k, stage in enumerate(stages))
+                + " (each from the weights the one before ended with; the row above is the last stage's)")]
+             if (stages := recipe.get("stages")) else [])
+          + ([("started from", f"{start['name']} {start['version']} (weights SHA-256 `{start['sha256']}`)")]
              if (start := training.get("init_from")) else [])),
         "",
         "## Validation",

@@ -132,6 +132,38 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def expand_stages(recipe: dict) -> list[dict]:
+    """One full recipe per stage of a staged recipe (``[recipe]`` when it has no stages).
+
+    ``"stages": [{...}, {...}]`` trains one run after another, each stage starting from the
+    weights the previous one ended with; a stage's fields override the recipe's (nested
+    dicts merged), e.g. small patches and a high learning rate first, then larger patches
+    and a low one. The network (and ``organ_targets``) must stay the same across stages.
+    """
+    stages = recipe.get("stages")
+    if not stages:
+        return [recipe]
+    name = recipe.get("name", "?")
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        raise LiverVolumetryError(f"recipe {name!r}: 'stages' must be a list of objects")
+    common = {k: v for k, v in recipe.items() if k != "stages"}
+    out = []
+    for k, overrides in enumerate(stages):
+        if "stages" in overrides:
+            raise LiverVolumetryError(f"recipe {name!r}: stage {k + 1} has stages of its own")
+        stage = _merge(common, overrides)
+        stage["name"] = f"{name} stage {k + 1}/{len(stages)}"
+        if "iterations" not in stage and "epochs" not in stage:
+            raise LiverVolumetryError(f"recipe {name!r}: stage {k + 1} says neither iterations nor epochs")
+        out.append(stage)
+    for k, stage in enumerate(out[1:], start=2):
+        for key in ("network", "organ_targets"):
+            if stage.get(key) != out[0].get(key):
+                raise LiverVolumetryError(f"recipe {name!r}: stage {k} changes {key!r}; each stage starts from the "
+                                          "weights of the one before, so the network must stay the same")
+    return out
+
+
 def load_recipe(name_or_path: str) -> dict:
     """A named recipe, or a JSON file (``{"base": NAME, ...overrides}``, or a full recipe)."""
     if name_or_path in RECIPES:

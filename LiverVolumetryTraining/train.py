@@ -23,12 +23,14 @@ import SimpleITK as sitk
 import torch
 
 from LiverVolumetryLib.bundle import InferenceSettings, load_bundle
-from LiverVolumetryLib.errors import InputError
+from LiverVolumetryLib.atomic import write_text_atomic
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 from LiverVolumetryLib.preprocess import Preprocessing
 from LiverVolumetryLib.segment import stride_product, window_roi
 
 from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
 from .distributed import DistContext, distributed_session, unwrap, wrap_model
+from .recipes import expand_stages
 from .run_log import RunLog
 from .sampling import build_sampler, iterations_per_epoch, total_iterations
 
@@ -124,11 +126,15 @@ def validate(network: torch.nn.Module, cases: Sequence[CachedCase], recipe: dict
     return scores
 
 
-def _save_checkpoint(path: Path, network, optimizer, iteration: int, best: float) -> None:
+def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": unwrap(network).state_dict(), "optimizer": optimizer.state_dict(),
-                "iteration": iteration, "best_dice": best}, tmp)
+    torch.save(state, tmp)
     tmp.replace(path)
+
+
+def _save_checkpoint(path: Path, network, optimizer, iteration: int, best: float) -> None:
+    _save_state(path, {"model": unwrap(network).state_dict(), "optimizer": optimizer.state_dict(),
+                       "iteration": iteration, "best_dice": best})
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -174,10 +180,53 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
     bundled model on a hospital's own cases); its network must be the recipe's.
     Under torchrun every rank calls this; only rank 0 logs (``log``) and writes files.
     """
+    if recipe.get("stages"):
+        if iterations or epochs:
+            raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} has stages: set each stage's iterations "
+                                      "in the recipe instead of --iterations/--epochs")
+        stages = expand_stages(recipe)  # checks the stages before any work
+        with distributed_session(device) as ctx:
+            return _train_stages(ctx, Path(run_dir), recipe, stages, list(train_entries), list(val_entries),
+                                 cache_dir, phantoms, validate_every, seed, log, progress, init_from)
     with distributed_session(device) as ctx:
         return _train(ctx, Path(run_dir), recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
                       total_iterations(recipe, len(train_entries), iterations, epochs), validate_every, seed,
                       log, progress, init_from)
+
+
+def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[dict], train_entries: list[CaseEntry],
+                  val_entries: list[CaseEntry], cache_dir: Path | None, phantoms: int | None, validate_every: int,
+                  seed: int, log, progress: bool, init_from: str | Path | None) -> Path:
+    """Each stage a run of its own (``RUN/stage<k>``), started from the previous stage's
+    last weights; ``RUN/config.json`` and ``RUN/last.pt`` are then the final stage's, so
+    that export and cross-validation treat the whole as one run."""
+    say = log if ctx.is_main else (lambda message: None)
+    previous, counts = None, []
+    for k, stage in enumerate(stages):
+        stage_dir = run_dir / f"stage{k}"
+        count = total_iterations(stage, len(train_entries))
+        counts.append(count)
+        last = stage_dir / "last.pt"
+        if last.is_file() and int(load_checkpoint(last)["iteration"]) >= count:
+            say(f"stage {k + 1}/{len(stages)} already trained ({stage_dir})")
+        else:
+            say(f"stage {k + 1}/{len(stages)}: {stage_dir}")
+            _train(ctx, stage_dir, stage, train_entries, val_entries, cache_dir, phantoms, count, validate_every,
+                   seed + 10 * k, log, progress, init_from if k == 0 else None, init_checkpoint=previous)
+        previous = last
+    if ctx.is_main:
+        config = json.loads((previous.parent / "config.json").read_text(encoding="utf-8"))
+        first = json.loads((run_dir / "stage0" / "config.json").read_text(encoding="utf-8"))
+        config["recipe"] = {**config["recipe"], "name": recipe.get("name", "liver-mri"), "stages": recipe["stages"]}
+        config.update(iterations=sum(counts), stage_iterations=counts, seed=seed)
+        config.pop("init_from", None)
+        if first.get("init_from"):
+            config["init_from"] = first["init_from"]
+        state = load_checkpoint(previous)
+        _save_state(run_dir / "last.pt", {**state, "iteration": sum(counts)})
+        write_text_atomic(run_dir / "config.json", json.dumps(config, indent=2))
+    ctx.barrier()
+    return run_dir / "last.pt"
 
 
 def _with_organ_classes(recipe: dict, cases: Sequence[CachedCase]) -> dict:
@@ -201,7 +250,8 @@ def _check_same_network(bundle, recipe: dict) -> None:
 
 def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[CaseEntry],
            val_entries: list[CaseEntry], cache_dir: Path | None, phantoms: int | None, iterations: int,
-           validate_every: int, seed: int, log, progress: bool, init_from: str | Path | None = None) -> Path:
+           validate_every: int, seed: int, log, progress: bool, init_from: str | Path | None = None,
+           init_checkpoint: Path | None = None) -> Path:
     say = log if ctx.is_main else (lambda message: None)
     start_bundle = load_bundle(init_from) if init_from is not None else None  # checks its SHA-256 early
     phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
@@ -246,6 +296,9 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     elif start_bundle is not None:
         network.load_state_dict(start_bundle.load_state_dict())
         say(f"starting from the weights of {start_bundle.name} {start_bundle.version}")
+    elif init_checkpoint is not None:
+        network.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+        say(f"starting from the weights of {init_checkpoint}")
     network = wrap_model(network, ctx)
     optimizer = _make_optimizer(unwrap(network), recipe)
     if state is not None:

@@ -1,0 +1,99 @@
+"""Staged recipes: one run after another, each starting from the weights the previous ended with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverVolumetryLib.errors import LiverVolumetryError
+from LiverVolumetryLib.phantom import make_phantom
+from LiverVolumetryTraining.dataset import find_pairs
+from LiverVolumetryTraining.recipes import expand_stages, get_recipe
+from LiverVolumetryTraining.train import load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def entries(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    for k in range(2):
+        phantom = make_phantom(k, shape=(48, 40, 16), spacing=(7.0, 7.0, 12.0), orientation="LPS", oblique_degrees=0)
+        sitk.WriteImage(phantom.image, str(folder / f"image_{k}.nii.gz"))
+        sitk.WriteImage(sitk.Cast(phantom.liver, sitk.sitkUInt8), str(folder / f"label_{k}.nii.gz"))
+    return find_pairs(folder)
+
+
+def staged_recipe(second_lr: float = 0.0) -> dict:
+    recipe = get_recipe("liver-mri")
+    recipe["network"]["args"].update(channels=[4, 8], strides=[2], num_res_units=0)
+    recipe["preprocessing"]["spacing_mm"] = [6.0, 6.0, 6.0]
+    recipe.update(batch_size=2, phantom_fraction=0.0, organ_targets=False)
+    recipe["inference"]["roi_size"] = [32, 32, 32]
+    recipe["stages"] = [{"patch_size": [32, 32, 16], "iterations": 3},
+                        {"patch_size": [32, 32, 32], "iterations": 2, "optimizer": {"lr": second_lr}}]
+    return recipe
+
+
+def test_stages_override_the_recipes_fields_and_keep_the_rest():
+    first, second = expand_stages(staged_recipe(second_lr=2e-4))
+    assert first["patch_size"] == [32, 32, 16] and second["patch_size"] == [32, 32, 32]
+    assert first["optimizer"]["lr"] == 1e-3 and second["optimizer"] == {"name": "AdamW", "lr": 2e-4,
+                                                                          "weight_decay": 1e-5}
+    assert "stages" not in first and second["name"] == "liver-mri stage 2/2"
+    assert first["loss"] == second["loss"] == "dice_ce"
+    assert expand_stages(get_recipe("volumetry-net")) == [get_recipe("volumetry-net")]  # no stages: itself
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"network": {"args": {"channels": [8, 16]}}}, "stage 2 changes 'network'"),
+    ({"organ_targets": True}, "stage 2 changes 'organ_targets'"),
+    ({"stages": [{}]}, "stage 2 has stages of its own"),
+])
+def test_a_stage_that_cannot_start_from_the_previous_weights_is_refused_before_any_work(entries, tmp_path, stage,
+                                                                                         message):
+    recipe = staged_recipe()
+    recipe["stages"][1].update(stage)
+    with pytest.raises(LiverVolumetryError, match=message):
+        train(tmp_path / "run", recipe, entries[:1], [], phantoms=0, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_iterations_on_the_command_line_do_not_apply_to_stages(entries, tmp_path):
+    with pytest.raises(LiverVolumetryError, match="has stages: set each stage's iterations"):
+        train(tmp_path / "run", staged_recipe(), entries[:1], [], phantoms=0, iterations=5, log=lambda m: None)
+
+
+def test_staged_run_chains_weights_resumes_and_exports_as_one_run(entries, tmp_path):
+    from LiverVolumetryTraining.export import export_run
+
+    run = tmp_path / "run"
+    messages = []
+    last = train(run, staged_recipe(second_lr=0.0), entries[:1], entries[1:], phantoms=0, validate_every=100,
+                 log=messages.append)
+    assert last == run / "last.pt"
+    stage0, stage1 = (load_checkpoint(run / f"stage{k}" / "last.pt") for k in range(2))
+    assert stage0["iteration"] == 3 and stage1["iteration"] == 2
+    # Stage 2 ran at learning rate 0: its weights are still those stage 1 ended with.
+    assert all(torch.equal(stage1["model"][k], v) for k, v in stage0["model"].items())
+    assert any(f"starting from the weights of {run / 'stage0' / 'last.pt'}" in m for m in messages)
+    combined = load_checkpoint(run / "last.pt")
+    assert combined["iteration"] == 5 and all(torch.equal(combined["model"][k], v)
+                                              for k, v in stage1["model"].items())
+    config = json.loads((run / "config.json").read_text())
+    assert config["iterations"] == 5 and config["stage_iterations"] == [3, 2]
+    assert config["recipe"]["patch_size"] == [32, 32, 32] and len(config["recipe"]["stages"]) == 2
+    assert [len((run / f"stage{k}" / "log.csv").read_text().splitlines()) for k in range(2)] == [2, 2]
+
+    again = []  # re-running finds both stages done and trains nothing
+    train(run, staged_recipe(second_lr=0.0), entries[:1], entries[1:], phantoms=0, validate_every=100,
+          log=again.append)
+    assert sum("already trained" in m for m in again) == 2 and not any("iterations on" in m for m in again)
+
+    bundle = export_run(run, tmp_path / "bundle", "staged", "0.1.0", log=lambda m: None)
+    meta = json.loads((Path(bundle.path) / "model.json").read_text())
+    assert meta["training"]["iterations"] == 5 and len(meta["training"]["recipe"]["stages"]) == 2
+    card = (Path(bundle.path) / "MODEL.md").read_text()
+    assert '| stages | 1. {"patch_size": [32, 32, 16], "iterations": 3}; 2. ' in card
