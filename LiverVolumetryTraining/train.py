@@ -181,12 +181,13 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
     Under torchrun every rank calls this; only rank 0 logs (``log``) and writes files.
     """
     if recipe.get("stages"):
-        if iterations or epochs:
-            raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} has stages: set each stage's iterations "
-                                      "in the recipe instead of --iterations/--epochs")
+        if epochs:
+            raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} has stages: set each stage's length in "
+                                      "the recipe, or the total with --iterations")
         stages = expand_stages(recipe)  # checks the stages before any work
+        counts = stage_iterations(stages, len(train_entries), iterations)
         with distributed_session(device) as ctx:
-            return _train_stages(ctx, Path(run_dir), recipe, stages, list(train_entries), list(val_entries),
+            return _train_stages(ctx, Path(run_dir), recipe, stages, counts, list(train_entries), list(val_entries),
                                  cache_dir, phantoms, validate_every, seed, log, progress, init_from)
     with distributed_session(device) as ctx:
         return _train(ctx, Path(run_dir), recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
@@ -194,18 +195,28 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
                       log, progress, init_from)
 
 
-def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[dict], train_entries: list[CaseEntry],
-                  val_entries: list[CaseEntry], cache_dir: Path | None, phantoms: int | None, validate_every: int,
-                  seed: int, log, progress: bool, init_from: str | Path | None) -> Path:
+def stage_iterations(stages: list[dict], train_count: int, iterations: int | None = None) -> list[int]:
+    """Each stage's length; ``iterations`` (a total) shares the recipe's proportions."""
+    counts = [total_iterations(stage, train_count) for stage in stages]
+    if not iterations:
+        return counts
+    if iterations < len(stages):
+        raise LiverVolumetryError(f"{iterations} iteration(s) cannot be shared among {len(stages)} stages")
+    scaled = [max(1, round(c * iterations / sum(counts))) for c in counts[:-1]]
+    return scaled + [max(1, iterations - sum(scaled))]
+
+
+def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[dict], counts: list[int],
+                  train_entries: list[CaseEntry], val_entries: list[CaseEntry], cache_dir: Path | None,
+                  phantoms: int | None, validate_every: int, seed: int, log, progress: bool,
+                  init_from: str | Path | None) -> Path:
     """Each stage a run of its own (``RUN/stage<k>``), started from the previous stage's
     last weights; ``RUN/config.json`` and ``RUN/last.pt`` are then the final stage's, so
     that export and cross-validation treat the whole as one run."""
     say = log if ctx.is_main else (lambda message: None)
-    previous, counts = None, []
-    for k, stage in enumerate(stages):
+    previous = None
+    for k, (stage, count) in enumerate(zip(stages, counts)):
         stage_dir = run_dir / f"stage{k}"
-        count = total_iterations(stage, len(train_entries))
-        counts.append(count)
         last = stage_dir / "last.pt"
         if last.is_file() and int(load_checkpoint(last)["iteration"]) >= count:
             say(f"stage {k + 1}/{len(stages)} already trained ({stage_dir})")

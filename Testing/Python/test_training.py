@@ -31,6 +31,7 @@ def pairs_folder(tmp_path_factory) -> Path:
 
 def tiny_recipe() -> dict:
     recipe = get_recipe("liver-mri")
+    recipe.pop("stages")  # one stage: tests/test_training_stages.py covers stages
     recipe["network"]["args"].update(channels=[4, 8], strides=[2], num_res_units=0)
     recipe["network"]["args"].pop("dropout")
     recipe["preprocessing"]["spacing_mm"] = [6.0, 6.0, 6.0]
@@ -174,6 +175,7 @@ def test_organ_targets_train_extra_classes_and_the_engine_reads_the_liver(tmp_pa
     entries = find_pairs(tmp_path)
     recipe = tiny_recipe()
     recipe.update(organ_targets=True, augmentation={"base": "mild", "remap": 1.0}, positive_fraction=0.0)
+    recipe["inference"]["crop_to_body"] = False  # export's --crop-to-body sets it below
     assert recipe["network"]["args"]["out_channels"] == 2  # training sets it from the data
     cases = [cached_case(e, __import__("LiverVolumetryLib.preprocess", fromlist=["x"]).Preprocessing(
         spacing=(6.0, 6.0, 6.0)), tmp_path / "cache") for e in entries]

@@ -21,7 +21,7 @@ from conftest import ellipsoid_image, same_grid
 from LiverVolumetryLib.errors import LiverVolumetryError
 from LiverVolumetryTraining.cli import main
 from LiverVolumetryTraining.dataset import CachedCase, find_pairs
-from LiverVolumetryTraining.recipes import get_recipe, load_recipe
+from LiverVolumetryTraining.recipes import expand_stages, get_recipe, load_recipe
 from LiverVolumetryTraining.sampling import PosNegEpochSampler, posneg_patches, total_iterations
 from LiverVolumetryTraining.train import build_network, load_checkpoint, train
 
@@ -107,7 +107,7 @@ def test_epochs_iterations_and_rank_split():
     assert total_iterations(recipe, 11) == 1000  # 11 volumes in one batch of 16: one step per epoch
     assert total_iterations(recipe, 40) == 3000 and total_iterations(recipe, 40, epochs=2) == 6
     assert total_iterations(recipe, 40, iterations=5, epochs=2) == 5
-    assert total_iterations(get_recipe("liver-mri"), 11) == 3000
+    assert [total_iterations(stage, 11) for stage in expand_stages(get_recipe("liver-mri"))] == [1800, 600]
     with pytest.raises(LiverVolumetryError, match="not epochs"):
         total_iterations(get_recipe("liver-mri"), 11, epochs=3)
     recipe["volumes_per_batch"] = 2

@@ -13,7 +13,7 @@ from LiverVolumetryLib.errors import LiverVolumetryError
 from LiverVolumetryLib.phantom import make_phantom
 from LiverVolumetryTraining.dataset import find_pairs
 from LiverVolumetryTraining.recipes import expand_stages, get_recipe
-from LiverVolumetryTraining.train import load_checkpoint, train
+from LiverVolumetryTraining.train import load_checkpoint, stage_iterations, train
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,14 @@ def test_a_stage_that_cannot_start_from_the_previous_weights_is_refused_before_a
     assert not (tmp_path / "run").exists()
 
 
-def test_iterations_on_the_command_line_do_not_apply_to_stages(entries, tmp_path):
-    with pytest.raises(LiverVolumetryError, match="has stages: set each stage's iterations"):
-        train(tmp_path / "run", staged_recipe(), entries[:1], [], phantoms=0, iterations=5, log=lambda m: None)
+def test_iterations_on_the_command_line_are_shared_among_the_stages(entries, tmp_path):
+    stages = expand_stages(staged_recipe())  # 3 + 2 iterations
+    assert stage_iterations(stages, 1) == [3, 2]
+    assert stage_iterations(stages, 1, 10) == [6, 4] and stage_iterations(stages, 1, 2) == [1, 1]
+    with pytest.raises(LiverVolumetryError, match="1 iteration.s. cannot be shared among 2 stages"):
+        stage_iterations(stages, 1, 1)
+    with pytest.raises(LiverVolumetryError, match="has stages: set each stage's length"):
+        train(tmp_path / "run", staged_recipe(), entries[:1], [], phantoms=0, epochs=5, log=lambda m: None)
 
 
 def test_staged_run_chains_weights_resumes_and_exports_as_one_run(entries, tmp_path):
@@ -82,10 +87,10 @@ def test_staged_run_chains_weights_resumes_and_exports_as_one_run(entries, tmp_p
     combined = load_checkpoint(run / "last.pt")
     assert combined["iteration"] == 5 and all(torch.equal(combined["model"][k], v)
                                               for k, v in stage1["model"].items())
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert config["iterations"] == 5 and config["stage_iterations"] == [3, 2]
     assert config["recipe"]["patch_size"] == [32, 32, 32] and len(config["recipe"]["stages"]) == 2
-    assert [len((run / f"stage{k}" / "log.csv").read_text().splitlines()) for k in range(2)] == [2, 2]
+    assert [len((run / f"stage{k}" / "log.csv").read_text(encoding="utf-8").splitlines()) for k in range(2)] == [2, 2]
 
     again = []  # re-running finds both stages done and trains nothing
     train(run, staged_recipe(second_lr=0.0), entries[:1], entries[1:], phantoms=0, validate_every=100,
@@ -93,7 +98,7 @@ def test_staged_run_chains_weights_resumes_and_exports_as_one_run(entries, tmp_p
     assert sum("already trained" in m for m in again) == 2 and not any("iterations on" in m for m in again)
 
     bundle = export_run(run, tmp_path / "bundle", "staged", "0.1.0", log=lambda m: None)
-    meta = json.loads((Path(bundle.path) / "model.json").read_text())
+    meta = json.loads((Path(bundle.path) / "model.json").read_text(encoding="utf-8"))
     assert meta["training"]["iterations"] == 5 and len(meta["training"]["recipe"]["stages"]) == 2
-    card = (Path(bundle.path) / "MODEL.md").read_text()
+    card = (Path(bundle.path) / "MODEL.md").read_text(encoding="utf-8")
     assert '| stages | 1. {"patch_size": [32, 32, 16], "iterations": 3}; 2. ' in card
