@@ -80,7 +80,9 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
         "",
         "## Validation",
         "",
-        validation.get("protocol", "none recorded"),
+        validation.get("protocol") or ("No case was held out of this model's training: the cross-validation "
+                                       "below estimates how the recipe does on cases it has not seen."
+                                       if spec.get("cross_validation") else "none recorded"),
         "",
     ]
     if per_case:

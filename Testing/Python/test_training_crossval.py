@@ -89,6 +89,25 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
     assert "## Cross-validation" in card and "nested threshold" in card
 
 
+def test_crossval_of_a_staged_recipe_and_the_final_model_trained_on_every_case(four_cases, tmp_path):
+    from LiverVolumetryTraining.export import export_run
+    from LiverVolumetryTraining.train import train
+
+    entries = find_pairs(four_cases, liver_label=1)
+    recipe = tiny_recipe()
+    recipe["stages"] = [{"iterations": 2}, {"iterations": 1, "optimizer": {"lr": 1e-4}}]
+    summary = crossval(entries, tmp_path / "cv", recipe, [["0", "2"], ["1", "3"]], phantoms=0, radiomics=False,
+                       device="cpu", log=lambda m: None)
+    assert summary["iterations"] == [3, 3]  # both stages of every fold
+    assert all((tmp_path / "cv" / f"fold{k}" / f"stage{s}" / "last.pt").is_file() for k in (0, 1) for s in (0, 1))
+    train(tmp_path / "final", recipe, entries, [], phantoms=0, log=lambda m: None)
+    bundle = export_run(tmp_path / "final", tmp_path / "bundle", "final", "1.0.0", crossval=tmp_path / "cv",
+                        log=lambda m: None)
+    card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
+    assert "No case was held out of this model's training: the cross-validation below" in card
+    assert "3 iterations per fold" in card and "| stages | 1. " in card
+
+
 def test_crossval_cli_refuses_bad_folds_in_one_line(four_cases, tmp_path, capsys):
     code = main(["crossval", "--data", str(four_cases), "--run", str(tmp_path / "cv"), "--folds", "0,1;2"])
     err = capsys.readouterr().err
