@@ -14,16 +14,22 @@ pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data fol
                                 "(only on the project's machines; the tests stand on synthetic phantoms)")
 
 
-def _validation_case() -> str:
-    """A case the bundled model was NOT trained on (recorded in its model.json)."""
-    return load_bundle().metadata["training"]["validation_cases"][0]
+def _real_case() -> tuple[str, bool]:
+    """A held-out case of the bundled model if it has one (recorded in its model.json),
+    else one of its training cases; and whether it was held out."""
+    training = load_bundle().metadata["training"]
+    held_out = training.get("validation_cases") or []
+    return (held_out[0], True) if held_out else (training["cases"][0], False)
 
 
-def test_bundled_model_segments_a_held_out_real_case(tmp_path):
+def test_bundled_model_segments_a_real_case_through_the_cli(tmp_path):
+    """A pipeline check on real data. Accuracy on unseen cases is the model card's
+    (held-out or cross-validated figures), not this test's: a model trained on every
+    shared case is checked on one of its training cases here."""
     from LiverVolumetryLib.cli import main
 
-    case = _validation_case()
-    assert case not in load_bundle().metadata["training"]["cases"]
+    case, held_out = _real_case()
+    assert (case in load_bundle().metadata["training"]["cases"]) is not held_out
     image_path = SHARED_DATA / f"image_{case}.nii.gz"
     assert main(["segment", str(image_path), "-o", str(tmp_path), "--progress", "none"]) == 0
     mask = sitk.ReadImage(str(tmp_path / f"image_{case}_liver.nii.gz"))
