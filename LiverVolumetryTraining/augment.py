@@ -89,14 +89,47 @@ def remap_tissues(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     return means[clusters] + texture * (image - centres[clusters])
 
 
+def add_distractors(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paint 1-3 random homogeneous ellipsoids (cyst- or fluid-like) outside the liver of a
+    patch that shows liver (returns a new float32 array; the label is unchanged).
+
+    A large bright structure elsewhere in the body (a renal cyst, ascites) can make an
+    instance-normalised network lose the whole liver; these teach it not to. Their level
+    keeps clear of the patch's liver (at least 1 above or below its median, mostly above,
+    as fluid is on T2): a flat region as bright as the liver must not come to mean "not
+    liver", or smooth livers (the phantoms') are missed.
+    """
+    img = image.astype(np.float32, copy=True)
+    liver = label == 1
+    if not liver.any():
+        return img
+    level_liver = float(np.median(img[liver]))
+    body = np.flatnonzero(img > -0.25)  # centres in the body, not in air (near -0.5 after scaling)
+    grid = np.ogrid[tuple(slice(0, n) for n in img.shape)]
+    for _ in range(int(rng.integers(1, 4))):
+        centre = np.unravel_index(body[rng.integers(body.size)], img.shape) if body.size else \
+            [rng.uniform(0, n) for n in img.shape]
+        radii = rng.uniform(8, 40, size=3)  # voxels: 16-80 mm on the 2 mm grid
+        inside = (sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) < 1.0) & ~liver
+        if not inside.any():
+            continue
+        if rng.random() < 0.7 or level_liver - 1.0 <= -0.5:
+            level = level_liver + rng.uniform(1.0, 5.0)
+        else:
+            level = rng.uniform(-0.5, level_liver - 1.0)
+        noise = rng.standard_normal(int(inside.sum())).astype(np.float32)
+        img[inside] = np.float32(level) + np.float32(rng.uniform(0.0, 0.15)) * noise
+    return img
+
+
 # Probability of each augmentation, per named strength. "strong" randomises contrast hard
 # (tissue remapping, inversion); "mild" keeps the image's contrast mostly intact and
 # converges within a few thousand CPU iterations.
 PROBABILITIES = {
     "strong": {"spatial": 0.3, "resolution": 0.2, "remap": 0.25, "invert": 0.15, "gamma": 0.4, "bias": 0.4,
-               "contrast": 0.5, "blur": 0.2, "noise": 0.3},
+               "contrast": 0.5, "blur": 0.2, "noise": 0.3, "distract": 0.0},
     "mild": {"spatial": 0.2, "resolution": 0.1, "remap": 0.05, "invert": 0.0, "gamma": 0.3, "bias": 0.3,
-             "contrast": 0.3, "blur": 0.1, "noise": 0.2},
+             "contrast": 0.3, "blur": 0.1, "noise": 0.2, "distract": 0.0},
 }
 
 
@@ -183,4 +216,6 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, kind
         image, label = augment_spatial(image, label, rng)
     if rng.random() < p["resolution"]:
         image = augment_resolution(image, rng)
+    if p["distract"] > 0 and rng.random() < p["distract"]:  # no draw when off: older runs replay exactly
+        image = add_distractors(image, label, rng)
     return augment_intensity(image, label, rng, p), label

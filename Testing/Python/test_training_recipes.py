@@ -284,3 +284,33 @@ def test_augmentation_can_override_a_named_set():
     label = (image > 0).astype(np.uint8)
     out, lab = augment(image, label, rng, {"base": "mild", "remap": 1.0})
     assert out.shape == image.shape and not np.allclose(out, image)
+
+
+def test_distractors_change_only_tissue_outside_the_liver():
+    from LiverVolumetryTraining.augment import PROBABILITIES, add_distractors, augment
+
+    image = np.full((48, 48, 24), 0.5, np.float32)  # "body" everywhere
+    label = np.zeros(image.shape, np.uint8)
+    label[10:30, 10:30, 5:15] = 1
+    changed = np.zeros(image.shape, bool)
+    for seed in range(10):
+        out = add_distractors(image, label, np.random.default_rng(seed))
+        assert out.dtype == np.float32 and np.array_equal(out[label == 1], image[label == 1])
+        changed |= out != image
+    assert changed[label == 0].mean() > 0.2  # ellipsoids of 16-80 mm land across the body
+    image[label == 1] = 2.0  # a liver brighter than its surroundings: room for dark distractors too
+    painted = []
+    for seed in range(20):
+        out = add_distractors(image, label, np.random.default_rng(seed))
+        painted.append(out[out != image])
+    levels = np.concatenate(painted)
+    assert levels.max() > 3.0 and levels.min() < 0.0  # fluid-bright and dark structures
+    assert (np.abs(levels - 2.0) < 0.5).mean() < 1e-4  # no flat region as bright as the liver (noise aside)
+    assert np.array_equal(add_distractors(image, np.zeros_like(label), np.random.default_rng(0)), image)
+    # Off in the named sets, so existing recipes train as before; on when a recipe asks.
+    assert PROBABILITIES["mild"]["distract"] == PROBABILITIES["strong"]["distract"] == 0.0
+    only = {"base": "mild", **{name: 0.0 for name in PROBABILITIES["mild"]}}
+    plain, _ = augment(image, label, np.random.default_rng(0), only)
+    assert np.array_equal(plain, image)
+    with_distractors, lab = augment(image, label, np.random.default_rng(0), {**only, "distract": 1.0})
+    assert np.array_equal(lab, label) and not np.array_equal(with_distractors, image)
