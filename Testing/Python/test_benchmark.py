@@ -90,3 +90,19 @@ def test_crossval_folds_pick_the_model_that_never_saw_the_case(tmp_path):
     with pytest.raises(SystemExit, match="fold1"):
         _fold_models(str(tmp_path))
     assert _fold_models(None) == {}
+
+
+def test_distractor_benchmark_paints_a_bright_cyst_beside_the_liver_only():
+    from distractor_robustness import with_cyst
+    from LiverVolumetryLib.phantom import make_phantom
+
+    phantom = make_phantom(5, shape=(64, 56, 24), spacing=(6.0, 6.0, 10.0), orientation="LPS", oblique_degrees=0)
+    liver = sitk.GetArrayFromImage(phantom.liver) > 0
+    assert with_cyst(phantom.image, liver, 0) is phantom.image
+    out = with_cyst(phantom.image, liver, 60.0)
+    assert same_grid(out, phantom.image)
+    before, after = sitk.GetArrayFromImage(phantom.image), sitk.GetArrayFromImage(out)
+    changed = ~np.isclose(before, after)
+    assert np.array_equal(before[liver], after[liver])  # never painted over the liver
+    assert changed.sum() * 6 * 6 * 10 / 1000 > 100  # a cyst of over 100 mL
+    assert np.median(after[changed]) > 3 * np.median(before[liver])  # fluid-bright
