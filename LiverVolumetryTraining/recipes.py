@@ -57,8 +57,8 @@ RECIPES: dict[str, dict] = {
     # * Contrast ablation (800 iterations, fold 0: held-out cases 1, 8, 15, 21, 36, plus
     #   unseen phantoms of four contrasts): mild augmentation and phantoms in four
     #   contrasts lift T1-like phantoms from 0.08-0.62 to 0.79-0.84. Tissue remapping did
-    #   not help. On cases 15 and 36, whose liver is darker than the kidneys, a network
-    #   with the liver as its only target may segment a kidney.
+    #   not help. Case 15 (an unusually dark liver) and case 36 (a 1.4 L cyst beside an
+    #   ordinary liver) fail when held out: the network segments something else.
     # * Kidneys and spleen as extra output classes (``organ_targets``, 3,000 iterations,
     #   fold 0): case 36 0.000 -> 0.764 but unseen phantoms 0.80-0.85 instead of
     #   0.83-0.92, and the loss converges more slowly; not in the recipe. ``out_channels``
@@ -69,8 +69,11 @@ RECIPES: dict[str, dict] = {
     #   model's lineage, and the network can then run as one window over the body
     #   (``max_window_voxels``, ``crop_to_body``) at equal Dice: 0.31 s instead of 0.74 s.
     # * 3-fold cross-validation of this recipe on the 14 shared cases (README): out-of-fold
-    #   Dice 0.751 +- 0.320, 0.876 +- 0.035 without cases 15 and 36 (the two dark livers,
-    #   both in one fold: Dice 0); threshold 0.7 chosen on the other folds (+0.012).
+    #   Dice 0.751 +- 0.320, 0.876 +- 0.035 without cases 15 and 36 (both in one fold:
+    #   Dice 0); threshold 0.7 chosen on the other folds (+0.012).
+    # * Distractor augmentation (cyst-like blobs outside the liver, fold 0): case 36 0.000
+    #   -> 0.85 and a synthetic 70 mm cyst 0.00 -> 0.84-0.92, but unseen phantoms about
+    #   0.035 lower in two variants; not in the recipe (README, "Large cysts").
     # For comparison, the paper's volumetry-net recipe on the v1 split reached 0.877
     # (0.914, 0.797, 0.919) through the engine after its 1,000 epochs (23 min of CPU).
     "liver-mri": {
