@@ -5,8 +5,9 @@
 
 Large renal or hepatic cysts, ascites and fluid-filled bowel are common in the patients
 who get liver volumetry. This paints one synthetic cyst (an ellipsoid of ``--radii`` mm,
-four times the liver's median brightness, 5 % noise) into each labelled case, on the side
-of the body opposite the liver's centre and a quarter of the liver's height below it,
+four times the liver's median brightness, 5 % noise) into each labelled case, mirrored from
+the liver's centre across the body's centre along the first image axis (left-right on
+axial scans) and a quarter of the liver's height below it along the slices,
 never over the liver itself, and segments the result through the engine. Printed per
 case and radius: Dice against the unchanged liver label, the share of the liver found, and
 the volume segmented outside it. Radius 0 is the untouched image.
