@@ -45,6 +45,9 @@ VARIANTS: dict[str, dict] = {
     "+ phantoms in 4 contrasts": {"augmentation": "mild", "phantom_fraction": 0.15, "phantom_contrasts": ALL_CONTRASTS},
     "+ tissue remapping in 30 % of patches": {"augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.15,
                                               "phantom_contrasts": ALL_CONTRASTS},
+    # Cyst-like blobs outside the liver instead of remapping (README, "Large cysts").
+    "+ distractors in 30 % of patches (instead of remapping)": {
+        "augmentation": {"base": "mild", "distract": 0.3}, "phantom_fraction": 0.15, "phantom_contrasts": ALL_CONTRASTS},
     # Kidneys and spleen (when the label file has them) remapped as their own classes.
     "+ organ-aware remapping (30 %)": {"augmentation": {"base": "mild", "remap": 0.3}, "phantom_fraction": 0.15,
                                        "phantom_contrasts": ALL_CONTRASTS, "organ_tissues": True},
