@@ -25,6 +25,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "LiverVolumetry"), str(ROOT)]
 
+from LiverVolumetryLib.bundle import load_bundle  # noqa: E402
 from LiverVolumetryLib.segment import segment_liver  # noqa: E402
 from LiverVolumetryTraining.dataset import find_pairs, load_entry  # noqa: E402
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     wanted = [c for c in args.cases.split(",") if c]
     entries = [e for e in find_pairs(args.data, args.label_value) if not wanted or e.case in wanted]
     radii = [float(r) for r in args.radii.split(",")]
+    bundle = load_bundle(args.model)  # read and checksum the weights once, not per segmentation
     dice: dict[float, list[float]] = {r: [] for r in radii}
     for entry in entries:
         image, reference = load_entry(entry)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         cells = []
         for radius in radii:
-            mask = sitk.GetArrayFromImage(segment_liver(with_cyst(image, liver, radius), args.model).mask) > 0
+            mask = sitk.GetArrayFromImage(segment_liver(with_cyst(image, liver, radius), bundle).mask) > 0
             overlap = int((mask & liver).sum())
             dice[radius].append(2.0 * overlap / (mask.sum() + liver.sum()))
             cells.append(f"{radius:.0f} mm: Dice {dice[radius][-1]:.3f}, liver found {overlap / liver.sum():.2f}, "
