@@ -23,7 +23,7 @@ from .inputs import InputCase
 from .reporting import Reporter
 
 LEADING_COLUMNS = ("case", "input", "volume_ml", "voxel_count")
-TRAILING_COLUMNS = ("model_name", "model_version", "device", "seconds", "status", "error")
+TRAILING_COLUMNS = ("model_name", "model_version", "device", "seconds", "warnings", "status", "error")
 TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
 
 
@@ -89,6 +89,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
     from .imageio import read_image
     from .measure import measure
     from .outputs import write_mask, write_segmentation
+    from .plausibility import plausibility_warnings
     from .qc import write_qc_png
     from .segment import segment_liver
 
@@ -109,6 +110,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         raise LiverVolumetryError(f"{item.path}: no liver found in this image")
     stage(0, 1)(0.7, "measure")
     values = measure(image, result.mask, radiomics=radiomics, progress=stage(0.7, 0.92))
+    warnings = plausibility_warnings(image, result.mask)
     if cancel is not None and cancel():
         raise CancelledError()
     stage(0, 1)(0.92, "write")
@@ -119,10 +121,11 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         mask_tmp, seg_tmp, qc_tmp = (stack.enter_context(atomic_path(p, overwrite=overwrite)) for p in outputs.all())
         write_mask(result.mask, mask_tmp)
         write_segmentation(result.mask, seg_tmp)
-        write_qc_png(image, result.mask, qc_tmp, title=title)
+        write_qc_png(image, result.mask, qc_tmp, title=title, warnings=warnings)
     return {"case": item.case, "input": str(item.path), **{k: _finite(v) for k, v in values.items()},
             "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
-            "seconds": round(time.perf_counter() - start, 2), "status": "ok", "error": None}
+            "seconds": round(time.perf_counter() - start, 2), "warnings": "; ".join(warnings), "status": "ok",
+            "error": None}
 
 
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,

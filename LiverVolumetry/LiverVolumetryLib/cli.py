@@ -36,7 +36,7 @@ def cmd_segment(args) -> int:
     if args.progress != "json":
         for row in rows:
             if row.get("status") == "ok":
-                print(f"{row['case']}: liver volume {row['volume_ml']:.1f} mL")
+                print(f"{row['case']}: liver volume {row['volume_ml']:.1f} mL{_check_text(row)}")
         if len(rows) == 1 and failed:
             print(f"livervolumetry: error: {failed[0]['error']}", file=sys.stderr)
         elif failed:
@@ -45,12 +45,17 @@ def cmd_segment(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _check_text(row: dict) -> str:
+    """'' or ' - check: <the row's plausibility warnings>' for a summary line."""
+    return f" - check: {row['warnings']}" if row.get("warnings") else ""
+
+
 def cmd_measure(args) -> int:
     from .batch import ResultsTable
     from .imageio import case_id, read_image
     from .masks import read_mask
     from .measure import measure
-
+    from .plausibility import plausibility_warnings
     from .reporting import make_reporter
 
     case = args.case or case_id(args.image)
@@ -65,10 +70,11 @@ def cmd_measure(args) -> int:
         raise LiverVolumetryError(f"{args.mask}: {error}") from None
     finally:
         reporter.close()
-    row = {"case": case, "input": str(args.image), "mask": str(args.mask), **values, "status": "ok", "error": None}
+    row = {"case": case, "input": str(args.image), "mask": str(args.mask), **values,
+           "warnings": "; ".join(plausibility_warnings(image, mask)), "status": "ok", "error": None}
     say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
     say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +
-          (f", {len(values) - 2} radiomics features" if not args.no_radiomics else ""))
+        (f", {len(values) - 2} radiomics features" if not args.no_radiomics else "") + _check_text(row))
     if args.output:
         table = ResultsTable(Path(args.output))
         if case in table.rows and not args.overwrite:
@@ -112,7 +118,7 @@ def cmd_demo(args) -> int:
     features = sum(1 for k in row if k.startswith("original_"))
     print(f"liver volume {row['volume_ml']:.1f} mL (phantom truth {liver_volume_ml(reference):.1f} mL), "
           f"Dice {overlap:.3f} against the phantom's true liver, {features} radiomics features, "
-          f"{row['seconds']:.1f} s on {row['device']}")
+          f"{row['seconds']:.1f} s on {row['device']}{_check_text(row)}")
     print(f"outputs in {out}/: phantom_liver.nii.gz, phantom_liver.seg.nrrd, phantom_qc.png, measurements.csv")
     return EXIT_OK
 

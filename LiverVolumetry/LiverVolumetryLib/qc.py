@@ -10,6 +10,7 @@ through its Agg canvas directly, so the global matplotlib backend is never chang
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ _DPI = 100
 _MAX_PERCENTILE_SAMPLES = 1_000_000
 _BACKGROUND = "black"
 _TEXT = "#e8e8e8"
+_WARNING = "#ffb000"
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,8 @@ def _draw_panel(ax, panel: _Panel, window: tuple[float, float]) -> None:
     ax.text(0.5, 0.99, panel.corners[2], ha="center", va="top", **style)
 
 
-def _figure(panels: list[_Panel], window: tuple[float, float], title: str):
-    """The matplotlib figure (Agg canvas attached) of the montage."""
+def _figure(panels: list[_Panel], window: tuple[float, float], title: str, warnings: Sequence[str] = ()):
+    """The matplotlib figure (Agg canvas attached) of the montage; ``warnings`` go under the title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -174,6 +176,9 @@ def _figure(panels: list[_Panel], window: tuple[float, float], title: str):
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
     figure.suptitle(title, color=_TEXT, fontsize=15)
+    if warnings:
+        figure.text(0.5, 0.935, "Check: " + " | ".join(warnings), color=_WARNING, fontsize=10, ha="center",
+                    va="center", wrap=True)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.91, wspace=0.03, hspace=0.12)
     return figure
 
@@ -190,12 +195,14 @@ def write_qc_png(
     path: str | os.PathLike,
     title: str = "",
     overwrite: bool = True,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write the QC montage of ``image`` with the liver ``mask`` outlined as a PNG.
 
     ``title`` (e.g. case name and volume) heads the picture; an empty mask adds
-    "no liver found". The mask may be on another grid (it is resampled onto the
-    image's). Returns the written path.
+    "no liver found"; ``warnings`` (plausibility findings) are printed under the title.
+    The mask may be on another grid (it is resampled onto the image's). Returns the
+    written path.
     """
     path = Path(path)
     _check_3d(image, "image", path)
@@ -203,7 +210,7 @@ def write_qc_png(
     panels, window, has_liver = _panels(image, mask)
     if not has_liver:
         title = f"{title}  —  no liver found" if title else "no liver found"
-    figure = _figure(panels, window, title)
+    figure = _figure(panels, window, title, warnings)
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
             figure.savefig(tmp, format="png", dpi=_DPI, facecolor=_BACKGROUND, pil_kwargs={"compress_level": 3})

@@ -160,6 +160,13 @@ def read_case_row(output_dir: str | Path, case: str) -> dict[str, Any]:
     raise ValueError(f"the results table has no row for case '{case}'")
 
 
+def result_summary(row: dict[str, Any], source: str) -> str:
+    """'Liver volume: 1712.4 mL (automatic segmentation)', then the row's plausibility
+    warnings, if any, on a line of their own."""
+    text = f"Liver volume: {float(row['volume_ml']):.1f} mL ({source} segmentation)"
+    return f"{text}\nCheck: {row['warnings']}" if row.get("warnings") else text
+
+
 def spacing_text(spacing: Sequence[float]) -> str:
     """'0.78 x 0.78 x 6' for a voxel spacing in mm."""
     return " x ".join(f"{value:.4g}" for value in spacing)

@@ -45,7 +45,7 @@ def show_measurements(segmentation, volume, row: dict, source: str) -> str:
     table.fill_table(table_node, engine_cli.table_columns(row, volume.GetSpacing(), source, keep))
     segmentation_io.place_under_study(table_node, volume)
     table.show_table(table_node)
-    return f"Liver volume: {float(row['volume_ml']):.1f} mL ({source} segmentation)"
+    return engine_cli.result_summary(row, source)
 
 
 def start_segmentation(volume, segmentation, device: str = "auto", model_dir: str | None = None,

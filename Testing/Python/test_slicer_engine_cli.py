@@ -219,3 +219,11 @@ def test_engine_case_id_of_the_written_file_is_the_module_case_name(node_name):
 
     case = engine_cli.safe_case_name(node_name)
     assert case_id(f"{case}.nrrd") == case
+
+
+def test_result_summary_puts_plausibility_warnings_on_a_line_of_their_own():
+    row = {"volume_ml": 405.04, "warnings": "liver volume 405 mL is below 500 mL: is the whole liver segmented?"}
+    assert engine_cli.result_summary(row, "automatic").splitlines() == [
+        "Liver volume: 405.0 mL (automatic segmentation)", f"Check: {row['warnings']}"]
+    assert engine_cli.result_summary({**row, "warnings": ""}, "edited") == "Liver volume: 405.0 mL (edited segmentation)"
+    assert engine_cli.result_summary({"volume_ml": 1.0}, "edited") == "Liver volume: 1.0 mL (edited segmentation)"
