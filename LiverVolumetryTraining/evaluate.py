@@ -11,7 +11,9 @@ Against the case's reference mask, on the native image grid:
 * radiomics (optional): the engine's pyradiomics features (same YAML settings as the
   engine, :func:`LiverVolumetryLib.measure.measure`) on the automated and on the
   reference mask; the ICC(2,1) of each feature over all cases;
-* groups: with exactly two distinct case groups, a two-sided Mann–Whitney U test of Dice.
+* groups: with exactly two distinct case groups, a two-sided Mann–Whitney U test of Dice;
+* the engine's plausibility warnings on each automated mask, to show which failures a user
+  would have been warned of.
 
 :func:`evaluate` writes the tables, summary, report and plots via :mod:`.evaluate_report`.
 """
@@ -29,6 +31,7 @@ import SimpleITK as sitk
 
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError, OutputError
 from LiverVolumetryLib.measure import liver_volume_ml, measure
+from LiverVolumetryLib.plausibility import plausibility_warnings
 
 from .agreement import (MIN_ICC_CASES, BlandAltman, ICCResult, MannWhitney, bland_altman, icc_agreement,
                         mann_whitney)
@@ -56,6 +59,7 @@ class CaseResult:
     source: str
     seconds: float
     trained_on: bool = False
+    warnings: str = ""  # the engine's plausibility warnings on the automated mask, "; "-joined
     features_auto: dict[str, float] = field(default_factory=dict, repr=False)
     features_ref: dict[str, float] = field(default_factory=dict, repr=False)
 
@@ -185,7 +189,8 @@ def evaluate_case(entry: CaseEntry, bundle=None, predictions: Path | None = None
         metrics = surface_metrics(automated, reference)
         result = CaseResult(case=entry.case, group=entry.group, dice=metrics.dice, hd95_mm=metrics.hd95_mm,
                             assd_mm=metrics.assd_mm, volume_auto_ml=liver_volume_ml(automated),
-                            volume_ref_ml=liver_volume_ml(reference), source=source, seconds=0.0)
+                            volume_ref_ml=liver_volume_ml(reference), source=source, seconds=0.0,
+                            warnings="; ".join(plausibility_warnings(image, automated)))
         if radiomics:
             result.features_auto = _features(image, automated, entry, "automated", notes, log)
             result.features_ref = _features(image, reference, entry, "reference", notes, log)

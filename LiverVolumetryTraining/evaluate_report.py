@@ -1,7 +1,8 @@
 """Files written by ``livervolumetry-train evaluate`` (each atomically, into one folder).
 
 * ``cases.csv``: one row per case: Dice, HD95 (mm), ASSD (mm), automated and reference
-  volume and their difference (mL), group, source of the automated mask, seconds.
+  volume and their difference (mL), group, source of the automated mask, seconds, and the
+  engine's plausibility warnings on the automated mask.
 * ``radiomics_icc.csv`` (with radiomics): feature, ICC(2,1), its 95 % CI and case count.
 * ``summary.json``: the aggregate figures (NaN written as null).
 * ``report.md``: the human-readable report.
@@ -23,7 +24,7 @@ from .agreement import ICC_FORM
 from .evaluate import ICC_THRESHOLD, EvaluationResult, mean_sd
 
 CASE_COLUMNS = ("case", "group", "dice", "hd95_mm", "assd_mm", "volume_auto_ml", "volume_ref_ml", "volume_diff_ml",
-                "trained_on", "source", "seconds")
+                "trained_on", "source", "seconds", "warnings")
 DEFINITIONS = (
     "Dice, HD95 and ASSD are computed on each image's native grid, in physical mm. Surface voxels have a face "
     "neighbour outside the mask. HD95 = max of the two directed 95th percentiles of surface distances; ASSD = "
@@ -56,7 +57,8 @@ def cases_csv(result: EvaluationResult) -> str:
     rows = [{"case": c.case, "group": c.group, "dice": _cell(c.dice), "hd95_mm": _cell(c.hd95_mm, 4),
              "assd_mm": _cell(c.assd_mm, 4), "volume_auto_ml": _cell(c.volume_auto_ml, 3),
              "volume_ref_ml": _cell(c.volume_ref_ml, 3), "volume_diff_ml": _cell(c.volume_diff_ml, 3),
-             "trained_on": "yes" if c.trained_on else "", "source": c.source, "seconds": _cell(c.seconds, 2)}
+             "trained_on": "yes" if c.trained_on else "", "source": c.source, "seconds": _cell(c.seconds, 2),
+             "warnings": c.warnings}
             for c in result.cases]
     return _csv_text(rows, CASE_COLUMNS)
 
@@ -96,6 +98,7 @@ def summary(result: EvaluationResult) -> dict:
         "mann_whitney_dice": {"test": "two-sided Mann-Whitney U", "groups": [mw.group_a, mw.group_b],
                               "n": [mw.n_a, mw.n_b], "median_dice": [_number(mw.median_a, 4), _number(mw.median_b, 4)],
                               "u": _number(mw.u, 3), "p": _number(mw.p_value, 6)} if mw else None,
+        "plausibility_warnings": {c.case: c.warnings for c in cases if c.warnings},
         "notes": list(result.notes),
     }
     if result.radiomics:
@@ -151,6 +154,10 @@ def report_markdown(result: EvaluationResult) -> str:
             lines += [f"  - {f.feature}: {f.icc:.3f}" for f in sorted(below, key=lambda f: f.icc)]
         else:
             lines.append("- Not computed (too few cases with features)")
+    flagged = [c for c in cases if c.warnings]
+    lines += ["", "## Plausibility warnings on the automated masks", "",
+              f"- {len(flagged)} of {len(cases)} case(s) flagged" + (":" if flagged else "")]
+    lines += [f"  - {c.case} (Dice {c.dice:.4f}): {c.warnings}" for c in flagged]
     mw = result.mann_whitney
     if mw:
         lines += ["", "## Dice between groups", "",

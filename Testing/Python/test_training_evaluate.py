@@ -219,6 +219,9 @@ def test_cli_evaluate_with_predictions_writes_correct_numbers(cases, tmp_path, c
         assert float(rows[case]["volume_auto_ml"]) == pytest.approx(count * VOXEL_ML, abs=1e-3)
         assert float(rows[case]["volume_ref_ml"]) == pytest.approx(box * VOXEL_ML, abs=1e-3)
     assert [rows[c]["group"] for c in "0123"] == ["A", "A", "B", "B"]
+    # These toy livers hold a few mL: the engine's plausibility check names every one.
+    assert rows["3"]["warnings"] == "the mask is empty"
+    assert all("is below 500 mL" in rows[c]["warnings"] for c in "012")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_cases"] == 4 and summary["dice"]["mean"] == pytest.approx(
         np.mean([float(rows[c]["dice"]) for c in "0123"]), abs=1e-4)
@@ -230,6 +233,7 @@ def test_cli_evaluate_with_predictions_writes_correct_numbers(cases, tmp_path, c
     assert any("no radiomics for the automated mask" in note for note in summary["notes"])
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "ICC(2,1)" in report and "Mann-Whitney" in report and "limits of agreement" in report
+    assert sorted(summary["plausibility_warnings"]) == list("0123") and "4 of 4 case(s) flagged" in report
     # The output folder is not overwritten without --overwrite.
     assert main(["evaluate", "--data", str(cases / "data"), "--predictions", str(cases / "pred"), "-o", str(out),
                  "--no-radiomics"]) == 1
