@@ -54,19 +54,30 @@ def _profile_range(profile: np.ndarray) -> tuple[int, int]:
     return int(keep[0]), int(keep[-1]) + 1
 
 
+def body_threshold(array: np.ndarray, sample_step: int = 2) -> float:
+    """The intensity above which a voxel of ``array`` counts as body rather than air."""
+    sample = array[::sample_step, ::sample_step, ::sample_step].ravel().astype(np.float64)
+    # Otsu on log intensities above the darkest value: the log compresses the bright tail
+    # (fat, fluid, vessels), so the split falls between air and tissue, not inside tissue.
+    low = float(sample.min())
+    epsilon = 0.01 * (float(np.percentile(sample, 99)) - low) or 1e-6
+    return low + math.exp(otsu_threshold(np.log(sample - low + epsilon))) - epsilon
+
+
+def body_extent(array: np.ndarray, axis: int, sample_step: int = 2) -> tuple[int, int] | None:
+    """[start, stop) of the body along one ``axis`` of ``array``; None when no body is found."""
+    body = array > body_threshold(array, sample_step)
+    profile = body.sum(axis=tuple(a for a in range(3) if a != axis))
+    return _profile_range(profile) if profile.any() else None
+
+
 def body_box(array: np.ndarray, margin: int = 8, sample_step: int = 2) -> Box:
     """The box around the body in a network array, grown by ``margin`` voxels per side.
 
     Returns the whole array when no body can be told apart from the background.
     """
     whole = Box((0, 0, 0), tuple(int(s) for s in array.shape))
-    sample = array[::sample_step, ::sample_step, ::sample_step].ravel().astype(np.float64)
-    # Otsu on log intensities above the darkest value: the log compresses the bright tail
-    # (fat, fluid, vessels), so the split falls between air and tissue, not inside tissue.
-    low = float(sample.min())
-    epsilon = 0.01 * (float(np.percentile(sample, 99)) - low) or 1e-6
-    threshold = low + math.exp(otsu_threshold(np.log(sample - low + epsilon))) - epsilon
-    body = array > threshold
+    body = array > body_threshold(array, sample_step)
     if not body.any():
         return whole
     start, stop = [], []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .crop import body_box
+from .crop import body_extent
 
 MIN_VOLUME_ML = 500.0
 MAX_VOLUME_ML = 4000.0
@@ -47,8 +47,8 @@ def _left_fraction(image: sitk.Image, mask: np.ndarray) -> float:
     """Share of the mask's voxels in the patient's left half of the body, split at the
     middle of the body's left-right extent (not of the field of view)."""
     axis, sign = _array_axis(image, _LEFT)
-    box = body_box(sitk.GetArrayViewFromImage(image), margin=0)
-    middle = (box.start[axis] + box.stop[axis] - 1) / 2.0
+    extent = body_extent(sitk.GetArrayViewFromImage(image), axis) or (0, mask.shape[axis])
+    middle = (extent[0] + extent[1] - 1) / 2.0
     profile = _profile(mask, axis)
     index = np.arange(profile.size)
     left = profile[index > middle].sum() if sign > 0 else profile[index < middle].sum()
@@ -62,8 +62,7 @@ def _edge_areas_cm2(image: sitk.Image, mask: np.ndarray) -> dict[str, float]:
         return {}
     in_plane = [s for k, s in enumerate(reversed(image.GetSpacing())) if k != axis]
     area = float(np.prod(in_plane)) / 100.0
-    profile = _profile(mask, axis)
-    first, last = profile[0] * area, profile[-1] * area
+    first, last = (np.count_nonzero(np.take(mask, k, axis=axis)) * area for k in (0, -1))
     return {"top": last, "bottom": first} if sign > 0 else {"top": first, "bottom": last}
 
 
@@ -71,7 +70,7 @@ def plausibility_warnings(image: sitk.Image, mask: sitk.Image) -> list[str]:
     """One sentence per finding on the liver ``mask`` (non-zero voxels) on ``image``'s
     grid; [] when nothing stands out. The grids must match (as ``measure`` checks)."""
     array = sitk.GetArrayViewFromImage(mask) != 0
-    count = int(array.sum())
+    count = int(np.count_nonzero(array))
     if count == 0:
         return ["the mask is empty"]
     warnings = []
