@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from LiverVolumetryLib.atomic import atomic_path
 from LiverVolumetryLib.errors import InputError
 from LiverVolumetryLib.preprocess import Preprocessing, label_to_network_grid, to_network_input
 
@@ -221,8 +222,10 @@ def cached_case(entry: CaseEntry, prep: Preprocessing, cache_dir: Path | None) -
     liver.CopyInformation(image)
     case = preprocess_case(image, liver, prep, entry.case, other_tissues(entry, label))
     if cache_dir is not None and present:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        np.save(files["image"], case.image)
-        np.save(files["label"], case.label)
-        np.save(files["tissues"], case.tissues if case.tissues is not None else np.zeros((1, 1, 1), np.uint8))
+        # Each file complete or absent (an interrupted run, or parallel fold runs sharing the
+        # cache, never leave a truncated array that a later run would take as cached).
+        tissues = case.tissues if case.tissues is not None else np.zeros((1, 1, 1), np.uint8)
+        for part, array in (("image", case.image), ("label", case.label), ("tissues", tissues)):
+            with atomic_path(files[part]) as tmp:
+                np.save(tmp, array)
     return case

@@ -69,6 +69,29 @@ def test_cache_gives_identical_arrays(pairs_folder, tmp_path):
     assert first.tissues is None and second.tissues is None  # the phantom labels hold the liver only
 
 
+def test_an_interrupted_cache_write_leaves_no_file_a_later_run_would_trust(pairs_folder, tmp_path, monkeypatch):
+    entry = find_pairs(pairs_folder, liver_label=6)[0]
+    prep = __import__("LiverVolumetryLib.preprocess", fromlist=["Preprocessing"]).Preprocessing()
+    real_save, calls = np.save, []
+
+    def save_then_stop(path, array):  # the second array is cut off half-way, as by Ctrl-C
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"\x93NUMPY")
+            raise KeyboardInterrupt
+        real_save(path, array)
+
+    monkeypatch.setattr(np, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cached_case(entry, prep, tmp_path)
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]  # no temporary file left behind
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # the one finished array; the cut one is gone
+    monkeypatch.setattr(np, "save", real_save)
+    again = cached_case(entry, prep, tmp_path)  # recomputed, not read from a truncated file
+    assert len(list(tmp_path.glob("*.npy"))) == 3
+    assert np.array_equal(again.image, cached_case(entry, prep, None).image)
+
+
 def test_other_labelled_organs_are_cached_as_tissues_and_remapped_on_their_own(tmp_path):
     from LiverVolumetryLib.preprocess import Preprocessing
     from LiverVolumetryTraining.augment import remap_tissues
