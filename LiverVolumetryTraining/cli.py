@@ -65,7 +65,11 @@ def cmd_crossval(args) -> int:
     crossval(entries, args.run, load_recipe(args.recipe), folds, thresholds=thresholds, phantoms=args.phantoms,
              iterations=args.iterations, epochs=args.epochs, validate_every=args.validate_every, seed=args.seed,
              cache_dir=Path(args.cache) if args.cache else None, radiomics=not args.no_radiomics,
-             device=args.device, log=lambda m: print(m, flush=True), train_folds=not args.no_train)
+             device=args.device, log=lambda m: print(m, flush=True), train_folds=not args.no_train,
+             only_fold=args.fold)
+    if args.fold is not None:
+        print(f"fold {args.fold} trained; once every fold is, run the same command without --fold to segment "
+              "and evaluate")
     return 0
 
 
@@ -171,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--no-train", action="store_true", help="only segment and evaluate with existing fold runs")
+    x.add_argument("--fold", type=int, help="train only this fold (0-based) and stop, e.g. to train folds side by "
+                                            "side in separate processes")
     x.add_argument("--no-radiomics", action="store_true", help="skip the radiomics agreement")
     x.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     x.set_defaults(func=cmd_crossval)

@@ -135,8 +135,14 @@ def predict_out_of_fold(entries: Sequence[CaseEntry], folds: list[list[str]], ru
 def crossval(entries: Sequence[CaseEntry], run_dir: str | Path, recipe: dict, folds: list[list[str]], *,
              thresholds: Sequence[float] = (0.5,), phantoms: int | None = None, iterations: int | None = None,
              epochs: int | None = None, validate_every: int = 500, seed: int = 0, cache_dir: Path | None = None,
-             radiomics: bool = True, device: str = "auto", log: Log = print, train_folds: bool = True) -> dict:
-    """Train (or resume) every fold, segment the held-out cases, evaluate; returns the summary."""
+             radiomics: bool = True, device: str = "auto", log: Log = print, train_folds: bool = True,
+             only_fold: int | None = None) -> dict:
+    """Train (or resume) every fold, segment the held-out cases, evaluate; returns the summary.
+
+    With ``only_fold`` k, train fold k alone and return ``{"trained_fold": k}``: folds can
+    then train side by side (processes, machines, GPUs), and a last call without it finds
+    them trained and segments and evaluates.
+    """
     from .evaluate import evaluate
     from .train import train
 
@@ -144,9 +150,13 @@ def crossval(entries: Sequence[CaseEntry], run_dir: str | Path, recipe: dict, fo
     thresholds = sorted({float(t) for t in thresholds})
     if not thresholds or any(not 0.0 < t < 1.0 for t in thresholds):
         raise LiverVolumetryError(f"thresholds must lie between 0 and 1, got {thresholds}")
+    if only_fold is not None and not 0 <= only_fold < len(folds):
+        raise LiverVolumetryError(f"--fold {only_fold}: the folds are numbered 0 to {len(folds) - 1}")
     _check_run_folds(run_dir, folds)
     cache_dir = cache_dir or run_dir / "cache"
     for k, fold in enumerate(folds):
+        if only_fold is not None and k != only_fold:
+            continue
         held_out = [e for e in entries if e.case in fold]
         training = [e for e in entries if e.case not in fold]
         fold_dir = run_dir / f"fold{k}"
@@ -156,6 +166,8 @@ def crossval(entries: Sequence[CaseEntry], run_dir: str | Path, recipe: dict, fo
                   epochs=epochs, validate_every=validate_every, seed=seed + k, log=log, device=device)
         elif not (fold_dir / "last.pt").is_file():
             raise InputError(fold_dir, "no trained fold model (last.pt); run without --no-train first")
+    if only_fold is not None:
+        return {"trained_fold": only_fold}
     device = resolve_device(device)
     oof = predict_out_of_fold(entries, folds, run_dir, thresholds, device, recipe.get("name", "liver-mri"), log)
     evaluation = evaluate(entries, run_dir / "evaluation", predictions=run_dir / "predictions", radiomics=radiomics,

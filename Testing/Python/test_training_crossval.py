@@ -108,6 +108,25 @@ def test_crossval_of_a_staged_recipe_and_the_final_model_trained_on_every_case(f
     assert "3 iterations per fold" in card and "| stages | 1. " in card
 
 
+def test_folds_trained_one_by_one_are_found_by_the_final_call(four_cases, tmp_path, capsys):
+    args = ["crossval", "--data", str(four_cases), "--run", str(tmp_path / "cv"), "--folds", "0,2;1,3",
+            "--recipe", str(tmp_path / "tiny.json"), "--iterations", "2", "--phantoms", "0", "--no-radiomics",
+            "--device", "cpu"]
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny_recipe()), encoding="utf-8")
+    assert main(args + ["--fold", "1"]) == 0
+    assert "fold 1 trained" in capsys.readouterr().out
+    assert (tmp_path / "cv" / "fold1" / "last.pt").is_file() and not (tmp_path / "cv" / "fold0").exists()
+    assert not (tmp_path / "cv" / "crossval.json").exists()  # no evaluation before every fold is trained
+    assert main(args + ["--fold", "2"]) == 1 and "numbered 0 to 1" in capsys.readouterr().err
+    assert main(args + ["--no-train"]) == 1 and "no trained fold model" in capsys.readouterr().err
+    assert main(args + ["--fold", "0"]) == 0
+    fold1 = (tmp_path / "cv" / "fold1" / "last.pt").stat().st_mtime_ns
+    assert main(args) == 0  # finds both folds trained: segments and evaluates only
+    assert (tmp_path / "cv" / "fold1" / "last.pt").stat().st_mtime_ns == fold1
+    summary = json.loads((tmp_path / "cv" / "crossval.json").read_text(encoding="utf-8"))
+    assert sorted(summary["dice_per_case"]) == ["0", "1", "2", "3"]
+
+
 def test_crossval_cli_refuses_bad_folds_in_one_line(four_cases, tmp_path, capsys):
     code = main(["crossval", "--data", str(four_cases), "--run", str(tmp_path / "cv"), "--folds", "0,1;2"])
     err = capsys.readouterr().err
