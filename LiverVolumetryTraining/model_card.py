@@ -135,6 +135,10 @@ def crossval_section(cv: dict) -> list[str]:
             rows.append(("radiomics ICC", f"{_pm({'mean': rad.get('icc_mean'), 'sd': rad.get('icc_sd')})} over "
                                           f"{rad.get('n_defined')} features; {len(below)} below {rad.get('threshold')}"
                                           + (f": {', '.join(below)}" if below else "")))
+        if "plausibility_warnings" in ev:
+            flagged = ev["plausibility_warnings"]
+            rows.append(("plausibility warnings", f"{len(flagged)} of {ev.get('n_cases')} masks flagged"
+                                                  + (f" (cases {', '.join(flagged)})" if flagged else "")))
         lines += ["Out-of-fold masks through `livervolumetry-train evaluate` (native grid):", "", _table(rows), ""]
     return lines
 

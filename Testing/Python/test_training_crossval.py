@@ -87,6 +87,8 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
     assert bundle.metadata["cross_validation"]["folds"] == folds
     card = (tmp_path / "bundle" / "MODEL.md").read_text(encoding="utf-8")
     assert "## Cross-validation" in card and "nested threshold" in card
+    flagged = summary["evaluation"]["plausibility_warnings"]
+    assert f"| plausibility warnings | {len(flagged)} of 4 masks flagged" in card
 
 
 def test_crossval_of_a_staged_recipe_and_the_final_model_trained_on_every_case(four_cases, tmp_path):
