@@ -7,7 +7,8 @@ hold for any mask, automatic or edited by hand:
 
 - the volume lies outside the range of adult livers this tool is meant for;
 - most of the mask lies in the patient's left half of the body (the liver lies on the
-  right; situs inversus is the rare exception);
+  right; situs inversus is the rare exception), unless the field of view cuts the body on
+  one side only, so that the body's middle is unknown;
 - the mask reaches the scan's first or last axial slice, so either the liver extends
   beyond the scan (the volume is then too small) or the mask leaks into what lies there.
 
@@ -43,12 +44,16 @@ def _profile(mask: np.ndarray, axis: int) -> np.ndarray:
     return mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
 
 
-def _left_fraction(image: sitk.Image, mask: np.ndarray) -> float:
+def _left_fraction(image: sitk.Image, mask: np.ndarray) -> float | None:
     """Share of the mask's voxels in the patient's left half of the body, split at the
-    middle of the body's left-right extent (not of the field of view)."""
+    middle of the body's left-right extent (not of the field of view); None when the
+    field of view cuts the body on one side only, which hides where the middle is."""
     axis, sign = _array_axis(image, _LEFT)
-    extent = body_extent(sitk.GetArrayViewFromImage(image), axis) or (0, mask.shape[axis])
-    middle = (extent[0] + extent[1] - 1) / 2.0
+    size = mask.shape[axis]
+    start, stop = body_extent(sitk.GetArrayViewFromImage(image), axis) or (0, size)
+    if (start == 0) != (stop == size):
+        return None
+    middle = (start + stop - 1) / 2.0
     profile = _profile(mask, axis)
     index = np.arange(profile.size)
     left = profile[index > middle].sum() if sign > 0 else profile[index < middle].sum()
@@ -82,7 +87,7 @@ def plausibility_warnings(image: sitk.Image, mask: sitk.Image) -> list[str]:
         warnings.append(f"liver volume {volume:.0f} mL is above {MAX_VOLUME_ML:.0f} mL: "
                         "check for leakage into neighbouring organs")
     left = _left_fraction(image, array)
-    if left > MAX_LEFT_FRACTION:
+    if left is not None and left > MAX_LEFT_FRACTION:
         warnings.append(f"{100 * left:.0f} % of the mask lies in the patient's left half of the body, "
                         "where the liver normally is not")
     for end, area in _edge_areas_cm2(image, array).items():

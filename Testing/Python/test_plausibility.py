@@ -57,6 +57,20 @@ def test_a_liver_on_the_left_is_named_in_every_orientation(phantom):
         assert plausibility_warnings(image, mask) == warnings, code
 
 
+def test_a_field_of_view_cutting_one_side_of_the_body_leaves_the_side_unjudged(phantom):
+    # A field of view ending 5 cm left of the liver's centre (through its left lobe): the
+    # body's middle as seen would lie right of the liver's centre, as if the liver lay left.
+    centre = int(np.nonzero(sitk.GetArrayViewFromImage(phantom.liver))[2].mean())
+    size = [centre + 10, *phantom.image.GetSize()[1:]]
+    image, liver = (sitk.RegionOfInterest(im, size, [0, 0, 0]) for im in (phantom.image, phantom.liver))
+    assert plausibility_warnings(image, liver) == []
+    assert plausibility_warnings(image, _mirrored(liver)) == []  # not judged either way
+    # Cut on both sides (a field of view narrower than the body): its centre stands for the middle.
+    both = [sitk.RegionOfInterest(im, [50, *size[1:]], [12, 0, 0]) for im in (phantom.image, phantom.liver)]
+    assert plausibility_warnings(*both) == []
+    assert "left half" in plausibility_warnings(both[0], _mirrored(both[1]))[0]
+
+
 def test_volumes_outside_the_adult_range_are_named(phantom):
     small = plausibility_warnings(_scaled(phantom.image, 0.6), _scaled(phantom.liver, 0.6))
     large = plausibility_warnings(_scaled(phantom.image, 1.8), _scaled(phantom.liver, 1.8))
