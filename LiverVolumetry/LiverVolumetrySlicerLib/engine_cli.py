@@ -40,6 +40,8 @@ PROVENANCE_COLUMNS = {
     "seconds": ("s", "Run time of the engine for this case"),
     "input_spacing_mm": ("mm", "Voxel spacing of the input volume (column x row x slice)"),
     "source": ("", "'automatic' for the network's segmentation, 'edited' after hand correction"),
+    "warnings": ("", "Plausibility warnings on the liver mask (volume, side of the body, cut by the scan); "
+                     "empty when nothing stood out"),
 }
 _SKIPPED_COLUMNS = ("input", "mask", "status", "error")
 
@@ -195,6 +197,7 @@ def table_columns(row: dict[str, Any], spacing: Sequence[float], source: str,
             columns[key] = value
     columns["input_spacing_mm"] = spacing_text(spacing)
     columns["source"] = source
+    columns["warnings"] = row.get("warnings") or ""
     return {key: value for key, value in columns.items() if key not in _SKIPPED_COLUMNS}
 
 

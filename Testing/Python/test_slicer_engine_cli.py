@@ -91,11 +91,13 @@ def test_measure_arguments():
 def test_table_columns_order_provenance_and_skipped_columns():
     row = {"case": "c", "input": "/tmp/c.nrrd", "volume_ml": 1500.0, "voxel_count": 1000,
            "original_shape_MeshVolume": 1490.0, "original_firstorder_Mean": 3.0, "model_name": "m",
-           "model_version": "1", "device": "cpu", "seconds": 2.5, "status": "ok", "error": None}
+           "model_version": "1", "device": "cpu", "seconds": 2.5, "warnings": "w", "status": "ok", "error": None}
     columns = engine_cli.table_columns(row, (0.78125, 0.78125, 6.0), "automatic")
     assert list(columns) == ["case", "volume_ml", "voxel_count", "original_shape_MeshVolume", "original_firstorder_Mean",
-                             "model_name", "model_version", "device", "seconds", "input_spacing_mm", "source"]
-    assert columns["input_spacing_mm"] == "0.7812 x 0.7812 x 6"
+                             "model_name", "model_version", "device", "seconds", "input_spacing_mm", "source",
+                             "warnings"]
+    assert columns["input_spacing_mm"] == "0.7812 x 0.7812 x 6" and columns["warnings"] == "w"
+    assert engine_cli.table_columns({**row, "warnings": None}, (1, 1, 1), "automatic")["warnings"] == ""
 
 
 def test_measure_row_keeps_model_provenance():
