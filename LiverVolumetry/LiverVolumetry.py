@@ -302,7 +302,7 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
             self.process.cancel()
 
     def modelDescription(self, modelDir: Optional[str]) -> str:
-        """'Model: liver-mri-v1 1.0' or why the bundle cannot be used (never raises)."""
+        """'Model: liver-mri-v2 2.0.0' or why the bundle cannot be used (never raises)."""
         if modelDir == "":
             return "Choose the folder of a model bundle."
         try:

@@ -22,7 +22,7 @@ from .preprocess import Preprocessing
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
-DEFAULT_MODEL_NAME = "liver-mri-v1"
+DEFAULT_MODEL_NAME = "liver-mri-v2"
 # Only these MONAI networks may be named in a bundle: a bundle never makes the engine
 # import arbitrary code.
 ALLOWED_NETWORKS = ("UNet", "BasicUNet", "DynUNet", "SegResNet", "AttentionUnet", "UNETR", "SwinUNETR")
