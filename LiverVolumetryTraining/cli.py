@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from LiverVolumetryLib.errors import LiverVolumetryError
+from .recipes import RECIPES
 
 
 def _entries(args) -> list:
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run folder (config, log, checkpoints); re-run to resume (under torchrun: --run-dir)")
     t.add_argument("--recipe", default="liver-mri",
-                   help="liver-mri, volumetry-net, or a JSON file ({\"base\": NAME, ...overrides})")
+                   help=f"{', '.join(RECIPES)}, or a JSON file ({{\"base\": NAME, ...overrides}})")
     t.add_argument("--val-cases", help="comma-separated case names held out for validation")
     t.add_argument("--val-count", type=int, default=3, help="held-out cases when --val-cases is not given")
     t.add_argument("--iterations", type=int, help="optimiser steps (overrides the recipe's length)")
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable)")
     x.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
     x.add_argument("--run", required=True, help="folder for fold runs, masks, evaluation; re-run to resume")
-    x.add_argument("--recipe", default="liver-mri", help="liver-mri, volumetry-net, or a JSON file")
+    x.add_argument("--recipe", default="liver-mri", help=f"{', '.join(RECIPES)}, or a JSON file")
     x.add_argument("-k", type=int, default=3, help="number of folds from a seeded shuffle (default 3)")
     x.add_argument("--folds", help='explicit folds, e.g. "1,8,15;3,10,19;5,13" (instead of -k)')
     x.add_argument("--thresholds", help="candidate probability thresholds, e.g. 0.4,0.5,0.6,0.7 (default 0.5); "

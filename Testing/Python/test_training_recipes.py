@@ -107,7 +107,8 @@ def test_epochs_iterations_and_rank_split():
     assert total_iterations(recipe, 11) == 1000  # 11 volumes in one batch of 16: one step per epoch
     assert total_iterations(recipe, 40) == 3000 and total_iterations(recipe, 40, epochs=2) == 6
     assert total_iterations(recipe, 40, iterations=5, epochs=2) == 5
-    assert [total_iterations(stage, 11) for stage in expand_stages(get_recipe("liver-mri"))] == [1800, 600]
+    assert [total_iterations(stage, 11) for stage in expand_stages(get_recipe("liver-mri"))] == [5500, 1200]
+    assert [total_iterations(stage, 11) for stage in expand_stages(get_recipe("liver-mri-quick"))] == [1800, 600]
     with pytest.raises(LiverVolumetryError, match="not epochs"):
         total_iterations(get_recipe("liver-mri"), 11, epochs=3)
     recipe["volumes_per_batch"] = 2
@@ -314,3 +315,19 @@ def test_distractors_change_only_tissue_outside_the_liver():
     assert np.array_equal(plain, image)
     with_distractors, lab = augment(image, label, np.random.default_rng(0), {**only, "distract": 1.0})
     assert np.array_equal(lab, label) and not np.array_equal(with_distractors, image)
+
+
+def test_the_named_recipe_is_the_one_the_bundled_model_was_trained_with():
+    """`--recipe liver-mri` reproduces the bundled model: same network, data handling and stages."""
+    from LiverVolumetryLib.bundle import load_bundle
+
+    bundle = load_bundle(None)
+    trained = json.loads((bundle.path / "model.json").read_text(encoding="utf-8"))["training"]
+    recipe = get_recipe("liver-mri")
+    keys = ("network", "preprocessing", "batch_size", "positive_fraction", "loss", "schedule", "augmentation",
+            "organ_targets", "phantom_fraction", "phantom_contrasts", "stages")
+    assert {k: recipe[k] for k in keys} == {k: trained["recipe"][k] for k in keys}
+    last = expand_stages(recipe)[-1]
+    assert last["patch_size"] == trained["recipe"]["patch_size"] and last["optimizer"] == trained["recipe"]["optimizer"]
+    assert sum(stage["iterations"] for stage in recipe["stages"]) == trained["iterations"]
+    assert recipe["inference"]["threshold"] == bundle.inference.threshold
