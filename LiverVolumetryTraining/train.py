@@ -126,6 +126,28 @@ def validate(network: torch.nn.Module, cases: Sequence[CachedCase], recipe: dict
     return scores
 
 
+def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """The dtype the forward pass runs in under autocast, or None for plain float32.
+
+    ``precision`` is the recipe's: ``"fp32"`` (or absent) or ``"bf16"``, mixed precision
+    with bfloat16 convolutions and float32 weights, optimiser and loss (about 1.6x faster
+    training steps on a CPU with AVX-512 BF16, e.g. AMD Zen 4; tensor cores on a GPU).
+    Where the device lacks fast bfloat16 the run falls back to float32.
+    """
+    if precision in (None, "fp32"):
+        return None
+    if precision != "bf16":
+        raise LiverVolumetryError(f"unknown precision {precision!r} (fp32 or bf16)")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return torch.bfloat16 if device.type == "cpu" and supported is not None and supported() else None
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    return "fp32" if amp is None else "bf16"
+
+
 def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -265,6 +287,9 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
            init_checkpoint: Path | None = None) -> Path:
     say = log if ctx.is_main else (lambda message: None)
     start_bundle = load_bundle(init_from) if init_from is not None else None  # checks its SHA-256 early
+    amp = autocast_dtype(recipe.get("precision"), ctx.device)
+    if recipe.get("precision", "fp32") != precision_name(amp):
+        say(f"no fast bfloat16 on {ctx.device}: training in float32")
     phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
     prep = Preprocessing.from_dict(recipe["preprocessing"])
     per_epoch = iterations_per_epoch(recipe, len(train_entries)) if "volumes_per_batch" in recipe else None
@@ -288,6 +313,7 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
         _check_same_network(start_bundle, recipe)
     if ctx.is_main:
         config["recipe"] = recipe
+        config["precision"] = precision_name(amp)
         if start_bundle is not None:
             config["init_from"] = {"name": start_bundle.name, "version": start_bundle.version,
                                    "sha256": start_bundle.sha256}
@@ -317,7 +343,7 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     sampler = build_sampler(recipe, train_cases, phantom_cases, seed, ctx.rank, ctx.world_size, start)
     loss_fn = _loss(recipe["loss"])
     say(f"{iterations} iterations" + (f" ({per_epoch} per epoch)" if per_epoch else "")
-        + f" on {ctx.world_size} process(es), device {ctx.device}")
+        + f" on {ctx.world_size} process(es), device {ctx.device}, {precision_name(amp)}")
     with RunLog(run_dir, iterations, start, enabled=ctx.is_main, progress=progress, message=log) as run_log:
         network.train()
         began, running = time.time(), []
@@ -326,7 +352,9 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = sampler.batch(iteration)
-            loss = loss_fn(network(x.to(ctx.device)), y.to(ctx.device))
+            with torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = network(x.to(ctx.device))
+            loss = loss_fn(logits.float(), y.to(ctx.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

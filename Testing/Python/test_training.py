@@ -239,3 +239,37 @@ def test_phantom_organs_follow_the_chaos_numbering_in_any_orientation(orientatio
     # 1 right kidney (the liver's side), 2 left kidney, 3 spleen (left), as in CHAOS labels.
     assert centre_x(array == 1) < centre_x(array == 2)
     assert centre_x(liver) < centre_x(array == 3)
+
+
+def test_bf16_precision_runs_the_forward_pass_in_bfloat16_and_records_it(pairs_folder, tmp_path, monkeypatch):
+    import LiverVolumetryTraining.train as train_module
+
+    seen = []
+    build = train_module.build_network
+
+    def recording_network(recipe):
+        network = build(recipe)
+        first_conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv3d))
+        first_conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype) if module.training else None)
+        return network
+
+    monkeypatch.setattr(train_module, "build_network", recording_network)
+    entries = find_pairs(pairs_folder, liver_label=6)
+    expected = train_module.autocast_dtype("bf16", torch.device("cpu"))
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        run = tmp_path / precision
+        train(run, {**tiny_recipe(), "precision": precision}, entries[:2], entries[2:], phantoms=0, iterations=2,
+              validate_every=2, log=lambda m: None)
+        config = json.loads((run / "config.json").read_text())
+        want = torch.bfloat16 if precision == "bf16" and expected is not None else torch.float32
+        assert seen == [want, want] and config["precision"] == ("bf16" if want == torch.bfloat16 else "fp32")
+        assert all(p.dtype == torch.float32 for p in torch.load(run / "last.pt", weights_only=True)["model"].values())
+
+
+def test_precision_is_fp32_or_bf16():
+    from LiverVolumetryTraining.train import autocast_dtype
+
+    assert autocast_dtype(None, torch.device("cpu")) is None and autocast_dtype("fp32", torch.device("cpu")) is None
+    with pytest.raises(LiverVolumetryError, match="unknown precision 'fp16'"):
+        autocast_dtype("fp16", torch.device("cpu"))
