@@ -65,6 +65,19 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-").replace("--", "-")
 
 
+def phantom_dice_by_contrast(bundle, seeds: Sequence[int] = TEST_PHANTOM_SEEDS,
+                             phantom_args: dict | None = None) -> dict[str, float]:
+    """Mean engine Dice of ``bundle`` on the test phantoms of every MR contrast."""
+    out = {}
+    for contrast in CONTRASTS:
+        scores = []
+        for seed in seeds:
+            phantom = make_phantom(seed, contrast=contrast, **(phantom_args or {}))
+            scores.append(dice(segment_liver(phantom.image, bundle, device="cpu").mask, phantom.liver))
+        out[contrast] = round(float(np.mean(scores)), 4)
+    return out
+
+
 def score_variant(run_dir: Path, val_entries: Sequence[CaseEntry], seeds: Sequence[int], log: Log,
                   phantom_args: dict | None = None) -> dict:
     """Native-grid Dice of the run's last checkpoint on real held-out cases and test phantoms."""
@@ -79,13 +92,7 @@ def score_variant(run_dir: Path, val_entries: Sequence[CaseEntry], seeds: Sequen
     for entry in val_entries:
         image, liver = load_entry(entry)
         real[entry.case] = round(dice(segment_liver(image, bundle, device="cpu").mask, liver), 4)
-    phantoms = {}
-    for contrast in CONTRASTS:
-        scores = []
-        for seed in seeds:
-            phantom = make_phantom(seed, contrast=contrast, **(phantom_args or {}))
-            scores.append(dice(segment_liver(phantom.image, bundle, device="cpu").mask, phantom.liver))
-        phantoms[contrast] = round(float(np.mean(scores)), 4)
+    phantoms = phantom_dice_by_contrast(bundle, seeds, phantom_args)
     log(f"{run_dir.name}: real {real}, phantoms {phantoms}")
     return {"real_per_case": real, "real_mean": round(float(np.mean(list(real.values()))), 4) if real else None,
             "phantom_mean_by_contrast": phantoms, "iterations": int(state["iteration"])}

@@ -106,3 +106,18 @@ def test_distractor_benchmark_paints_a_bright_cyst_beside_the_liver_only():
     assert np.array_equal(before[liver], after[liver])  # never painted over the liver
     assert changed.sum() * 6 * 6 * 10 / 1000 > 100  # a cyst of over 100 mL
     assert np.median(after[changed]) > 3 * np.median(before[liver])  # fluid-bright
+
+
+def test_phantom_contrast_table_scores_a_bundle_on_every_contrast(capsys, monkeypatch):
+    import phantom_contrasts
+
+    from LiverVolumetryLib.phantom_contrast import CONTRASTS
+
+    monkeypatch.setattr(phantom_contrasts, "TEST_PHANTOM_SEEDS", (7001,))  # one phantom per contrast: quick
+    phantom_contrasts.main(["--threshold", "0.5"])
+    out = capsys.readouterr().out
+    header, rule, row = out.strip().splitlines()[-3:]
+    assert header.count("|") == len(CONTRASTS) + 3 and "T1 portal-venous" in header
+    scores = [float(v) for v in row.split("|")[2:-1]]
+    # The bundled model finds the liver of every contrast's phantom; the last column is their mean.
+    assert all(0.6 < s <= 1.0 for s in scores) and scores[-1] == pytest.approx(np.mean(scores[:-1]), abs=1e-3)
