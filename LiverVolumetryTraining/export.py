@@ -44,6 +44,7 @@ def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: 
         "labels": {"0": "background", "1": "liver"},
         "training": {"recipe": {"name": "liver-mri", **recipe}, "iterations": state["iteration"],
                      "checkpoint": checkpoint, "phantoms": config.get("phantoms", 0),
+                     "precision": config.get("precision", "fp32"),
                      "cases": [e["case"] for e in config["train"]],
                      "validation_cases": [e["case"] for e in config["validation"]]},
     }

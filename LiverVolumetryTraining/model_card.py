@@ -71,7 +71,8 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
                        f"schedule, augmentation {json.dumps(recipe.get('augmentation'))}"),
             ("iterations", f"{training.get('iterations')}"
                            + (f" ({training['epochs']} epochs)" if training.get("epochs") is not None else "")
-                           + f" (checkpoint: {training.get('checkpoint')})"),
+                           + f" (checkpoint: {training.get('checkpoint')}), "
+                           + {"bf16": "bfloat16 mixed precision"}.get(training.get("precision"), "float32")),
         ] + ([("stages", "; ".join(f"{k + 1}. {json.dumps(stage)}" for k, stage in enumerate(stages))
                 + " (each from the weights the one before ended with; the row above is the last stage's)")]
              if (stages := recipe.get("stages")) else [])

@@ -265,6 +265,13 @@ def test_bf16_precision_runs_the_forward_pass_in_bfloat16_and_records_it(pairs_f
         want = torch.bfloat16 if precision == "bf16" and expected is not None else torch.float32
         assert seen == [want, want] and config["precision"] == ("bf16" if want == torch.bfloat16 else "fp32")
         assert all(p.dtype == torch.float32 for p in torch.load(run / "last.pt", weights_only=True)["model"].values())
+    from LiverVolumetryTraining.export import export_run
+
+    bundle = export_run(tmp_path / "bf16", tmp_path / "bundle", "tiny", "0.1.0", log=lambda m: None)
+    meta = json.loads((bundle.path / "model.json").read_text())
+    assert meta["training"]["precision"] == config["precision"]
+    card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
+    assert ("bfloat16 mixed precision" in card) == (config["precision"] == "bf16")
 
 
 def test_precision_is_fp32_or_bf16():
