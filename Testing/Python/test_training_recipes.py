@@ -331,3 +331,25 @@ def test_the_named_recipe_is_the_one_the_bundled_model_was_trained_with():
     assert last["patch_size"] == trained["recipe"]["patch_size"] and last["optimizer"] == trained["recipe"]["optimizer"]
     assert sum(stage["iterations"] for stage in recipe["stages"]) == trained["iterations"]
     assert recipe["inference"]["threshold"] == bundle.inference.threshold
+
+
+def test_the_4mm_recipe_is_liver_mri_on_a_coarser_grid_in_bf16(tmp_path):
+    from LiverVolumetryTraining.recipes import load_recipe
+
+    fast, base = get_recipe("liver-mri-4mm"), get_recipe("liver-mri")
+    assert fast["preprocessing"]["spacing_mm"] == [2.0, 2.0, 4.0] and base["preprocessing"]["spacing_mm"] == [2.0] * 3
+    assert fast["precision"] == "bf16" and "precision" not in base
+    assert [s["patch_size"] for s in expand_stages(fast)] == [[160, 160, 16], [160, 160, 32]]
+    assert [total_iterations(s, 11) for s in expand_stages(fast)] == [8000, 1800]
+    different = {k for k in fast if fast[k] != base.get(k)}
+    assert different == {"name", "precision", "preprocessing", "patch_size", "iterations", "stages"}
+    # The same recipe as the override file its cross-validation was run with.
+    override = tmp_path / "liver-mri-4mm.json"
+    override.write_text(json.dumps({
+        "base": "liver-mri", "precision": "bf16", "preprocessing": {"spacing_mm": [2.0, 2.0, 4.0]},
+        "patch_size": [160, 160, 16],
+        "stages": [{"patch_size": [160, 160, 16], "iterations": 8000},
+                   {"patch_size": [160, 160, 32], "iterations": 1800, "optimizer": {"lr": 0.0002}}]}))
+    from_file = load_recipe(str(override))
+    assert {k: v for k, v in from_file.items() if k not in ("name", "iterations")} == \
+        {k: v for k, v in fast.items() if k not in ("name", "iterations")}
