@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _API = {
     "segment_liver": "segment", "SegmentationResult": "segment",
     "measure": "measure", "liver_volume_ml": "measure", "plausibility_warnings": "plausibility",
+    "unsure_fraction": "confidence", "confidence_warnings": "confidence",
     "read_image": "imageio", "read_mask": "masks",
     "load_bundle": "bundle", "default_bundle_dir": "bundle", "ModelBundle": "bundle",
     "make_phantom": "phantom",

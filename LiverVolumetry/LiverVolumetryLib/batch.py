@@ -23,7 +23,8 @@ from .inputs import InputCase
 from .reporting import Reporter
 
 LEADING_COLUMNS = ("case", "input", "volume_ml", "voxel_count")
-TRAILING_COLUMNS = ("model_name", "model_version", "device", "seconds", "warnings", "status", "error")
+TRAILING_COLUMNS = ("model_name", "model_version", "device", "seconds", "unsure_fraction", "warnings", "status",
+                    "error")
 TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
 
 
@@ -86,6 +87,7 @@ def _finite(value):
 def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: str, radiomics: bool,
                  overwrite: bool, reporter: Reporter, cancel=None) -> dict:
     """Segment, measure and write one case; returns its table row (raises on failure)."""
+    from .confidence import confidence_warnings
     from .imageio import read_image
     from .measure import measure
     from .outputs import write_mask, write_segmentation
@@ -110,7 +112,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         raise LiverVolumetryError(f"{item.path}: no liver found in this image")
     stage(0, 1)(0.7, "measure")
     values = measure(image, result.mask, radiomics=radiomics, progress=stage(0.7, 0.92))
-    warnings = plausibility_warnings(image, result.mask)
+    warnings = confidence_warnings(result.unsure_fraction) + plausibility_warnings(image, result.mask)
     if cancel is not None and cancel():
         raise CancelledError()
     stage(0, 1)(0.92, "write")
@@ -124,8 +126,8 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         write_qc_png(image, result.mask, qc_tmp, title=title, warnings=warnings)
     return {"case": item.case, "input": str(item.path), **{k: _finite(v) for k, v in values.items()},
             "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
-            "seconds": round(time.perf_counter() - start, 2), "warnings": "; ".join(warnings), "status": "ok",
-            "error": None}
+            "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 3),
+            "warnings": "; ".join(warnings), "status": "ok", "error": None}
 
 
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,

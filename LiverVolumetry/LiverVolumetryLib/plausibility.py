@@ -13,7 +13,9 @@ hold for any mask, automatic or edited by hand:
   beyond the scan (the volume is then too small) or the mask leaks into what lies there.
 
 Each finding is one sentence for the results table's ``warnings`` column; an empty list
-means nothing stood out, not that the mask is right.
+means nothing stood out, not that the mask is right. Automatic masks also get a check on
+the network's own uncertainty (:mod:`.confidence`), which can catch a partial miss that
+looks anatomically plausible.
 """
 
 from __future__ import annotations

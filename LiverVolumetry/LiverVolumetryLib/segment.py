@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .bundle import ModelBundle, load_bundle
+from .confidence import unsure_fraction
 from .crop import Box, body_box, box_grid
 from .errors import CancelledError, InputError, LiverVolumetryError
 from .onnx_network import OnnxNetwork, onnxruntime_available, softmax
@@ -41,6 +42,7 @@ class SegmentationResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     backend: str = "torch"  # or "onnxruntime"
+    unsure_fraction: float | None = None  # see confidence.unsure_fraction
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -254,4 +256,4 @@ def segment_liver(image: sitk.Image, model: str | Path | ModelBundle | None = No
     report(1.0, "postprocess")
     return SegmentationResult(mask=mask, model_name=bundle.name, model_version=bundle.version,
                               device=device, seconds=time.perf_counter() - start, timings=timings,
-                              backend=network_backend(bundle, device))
+                              backend=network_backend(bundle, device), unsure_fraction=unsure_fraction(probability))

@@ -40,8 +40,10 @@ PROVENANCE_COLUMNS = {
     "seconds": ("s", "Run time of the engine for this case"),
     "input_spacing_mm": ("mm", "Voxel spacing of the input volume (column x row x slice)"),
     "source": ("", "'automatic' for the network's segmentation, 'edited' after hand correction"),
-    "warnings": ("", "Plausibility warnings on the liver mask (volume, side of the body, cut by the scan); "
-                     "empty when nothing stood out"),
+    "unsure_fraction": ("", "Network voxels of liver probability 0.2-0.8 per voxel of 0.5 or more "
+                            "(automatic segmentation only; usually under 0.3)"),
+    "warnings": ("", "Plausibility warnings on the liver mask (volume, side of the body, cut by the scan) and, "
+                     "for an automatic segmentation, on the network's uncertainty; empty when nothing stood out"),
 }
 _SKIPPED_COLUMNS = ("input", "mask", "status", "error")
 
@@ -195,6 +197,8 @@ def table_columns(row: dict[str, Any], spacing: Sequence[float], source: str,
             value = keep.get(key)
         if value is not None:
             columns[key] = value
+    if row.get("unsure_fraction") is not None:  # a measure row (edited mask) has none
+        columns["unsure_fraction"] = row["unsure_fraction"]
     columns["input_spacing_mm"] = spacing_text(spacing)
     columns["source"] = source
     columns["warnings"] = row.get("warnings") or ""
