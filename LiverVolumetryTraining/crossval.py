@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from LiverVolumetryLib.atomic import write_text_atomic
 from LiverVolumetryLib.bundle import write_bundle
+from LiverVolumetryLib.confidence import unsure_fraction
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 from LiverVolumetryLib.measure import dice
 from LiverVolumetryLib.segment import network_probability, probability_to_mask, resolve_device
@@ -108,28 +109,31 @@ def predict_out_of_fold(entries: Sequence[CaseEntry], folds: list[list[str]], ru
     """Dice of every case at every threshold with its fold's model.
 
     Masks at every threshold go to ``RUN/masks/threshold-T/``; the nested-threshold mask
-    of each case is copied to ``RUN/predictions/``.
+    of each case is copied to ``RUN/predictions/``. Each case's network uncertainty
+    (:func:`LiverVolumetryLib.confidence.unsure_fraction`) is kept beside its Dice.
     """
     by_case = {e.case: e for e in entries}
-    per_case = {}
+    per_case, unsure = {}, {}
     for k, fold in enumerate(folds):
         bundle = _fold_bundle(run_dir / f"fold{k}", name)
         for case in fold:
             image, reference = load_entry(by_case[case])
             probability, grid = network_probability(image, bundle, device)
+            unsure[case] = round(unsure_fraction(probability), 3)
             per_case[case] = {}
             for t in thresholds:
                 mask = probability_to_mask(probability, grid, image, bundle, t)
                 per_case[case][t] = round(dice(mask, reference), 4)
                 _mask_path(run_dir, t, case).parent.mkdir(parents=True, exist_ok=True)
                 sitk.WriteImage(mask, str(_mask_path(run_dir, t, case)), True)
-            log(f"fold {k} case {case}: Dice " + ", ".join(f"{d:.4f} @ {t:g}" for t, d in per_case[case].items()))
+            log(f"fold {k} case {case}: Dice " + ", ".join(f"{d:.4f} @ {t:g}" for t, d in per_case[case].items())
+                + f"; unsure fraction {unsure[case]:.3f}")
     chosen = nested_thresholds(per_case, folds) if len(thresholds) > 1 else {c: thresholds[0] for c in per_case}
     out = run_dir / "predictions"
     out.mkdir(parents=True, exist_ok=True)
     for case, threshold in chosen.items():
         shutil.copyfile(_mask_path(run_dir, threshold, case), out / f"{case}.nii.gz")
-    return {"per_case": per_case, "nested_threshold": chosen}
+    return {"per_case": per_case, "nested_threshold": chosen, "unsure_fraction": unsure}
 
 
 def crossval(entries: Sequence[CaseEntry], run_dir: str | Path, recipe: dict, folds: list[list[str]], *,
@@ -195,6 +199,7 @@ def _summary(oof: dict, folds: list[list[str]], thresholds: list[float], recipe:
         "dice_mean_by_threshold": {str(t): round(float(np.mean(v)), 4) for t, v in table.items()},
         "dice_per_case": {c: {str(t): d for t, d in v.items()} for c, v in per_case.items()},
         "nested_threshold": nested,
+        "unsure_fraction_per_case": oof["unsure_fraction"],
         "dice_mean": round(float(np.mean(nested_dice)), 4),
         "dice_sd": round(float(np.std(nested_dice, ddof=1)), 4) if len(nested_dice) > 1 else None,
         "dice_min": round(float(np.min(nested_dice)), 4),

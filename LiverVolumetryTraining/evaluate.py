@@ -12,8 +12,9 @@ Against the case's reference mask, on the native image grid:
   engine, :func:`LiverVolumetryLib.measure.measure`) on the automated and on the
   reference mask; the ICC(2,1) of each feature over all cases;
 * groups: with exactly two distinct case groups, a two-sided Mann–Whitney U test of Dice;
-* the engine's plausibility warnings on each automated mask, to show which failures a user
-  would have been warned of.
+* the engine's plausibility warnings on each automated mask (and, when the engine segments
+  the case here, its network-uncertainty warning), to show which failures a user would have
+  been warned of.
 
 :func:`evaluate` writes the tables, summary, report and plots via :mod:`.evaluate_report`.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from LiverVolumetryLib.confidence import confidence_warnings
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError, OutputError
 from LiverVolumetryLib.measure import liver_volume_ml, measure
 from LiverVolumetryLib.plausibility import plausibility_warnings
@@ -152,17 +154,18 @@ def _with_case(error: InputError, entry: CaseEntry) -> InputError:
 # --------------------------------------------------------------------------- per case
 
 def _automated_mask(entry: CaseEntry, image: sitk.Image, bundle, predictions: Path | None,
-                    device: str) -> tuple[sitk.Image, str]:
-    """The automated mask on the image grid and where it came from."""
+                    device: str) -> tuple[sitk.Image, str, float | None]:
+    """The automated mask on the image grid, where it came from, and the network's unsure
+    fraction (None for a mask read from a file)."""
     if predictions is not None:
         from LiverVolumetryLib.masks import read_mask
 
         path = prediction_file(predictions, entry.case)
-        return read_mask(path, reference=image), path.name
+        return read_mask(path, reference=image), path.name, None
     from LiverVolumetryLib.segment import segment_liver
 
     result = segment_liver(image, bundle, device=device)
-    return result.mask, f"{result.model_name} {result.model_version} ({result.device})"
+    return result.mask, f"{result.model_name} {result.model_version} ({result.device})", result.unsure_fraction
 
 
 def _features(image: sitk.Image, mask: sitk.Image, entry: CaseEntry, which: str, notes: list[str],
@@ -185,12 +188,12 @@ def evaluate_case(entry: CaseEntry, bundle=None, predictions: Path | None = None
     start = time.perf_counter()
     try:
         image, reference = load_entry(entry)
-        automated, source = _automated_mask(entry, image, bundle, predictions, device)
+        automated, source, unsure = _automated_mask(entry, image, bundle, predictions, device)
         metrics = surface_metrics(automated, reference)
         result = CaseResult(case=entry.case, group=entry.group, dice=metrics.dice, hd95_mm=metrics.hd95_mm,
                             assd_mm=metrics.assd_mm, volume_auto_ml=liver_volume_ml(automated),
                             volume_ref_ml=liver_volume_ml(reference), source=source, seconds=0.0,
-                            warnings="; ".join(plausibility_warnings(image, automated)))
+                            warnings="; ".join(confidence_warnings(unsure) + plausibility_warnings(image, automated)))
         if radiomics:
             result.features_auto = _features(image, automated, entry, "automated", notes, log)
             result.features_ref = _features(image, reference, entry, "reference", notes, log)

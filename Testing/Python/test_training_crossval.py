@@ -65,6 +65,8 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
         assert {e["case"] for e in config["train"]}.isdisjoint(fold)
         assert {e["case"] for e in config["validation"]} == set(fold)
     assert sorted(summary["dice_per_case"]) == ["0", "1", "2", "3"]
+    assert sorted(summary["unsure_fraction_per_case"]) == ["0", "1", "2", "3"]
+    assert all(v >= 0 for v in summary["unsure_fraction_per_case"].values())
     assert summary["thresholds"] == [0.3, 0.5] and summary["threshold"] in (0.3, 0.5)
     nested = [summary["dice_per_case"][c][str(summary["nested_threshold"][c])] for c in "0123"]
     assert summary["dice_mean"] == pytest.approx(np.mean(nested), abs=1e-4)
