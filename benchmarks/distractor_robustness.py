@@ -9,8 +9,9 @@ four times the liver's median brightness, 5 % noise) into each labelled case, mi
 the liver's centre across the body's centre along the first image axis (left-right on
 axial scans) and a quarter of the liver's height below it along the slices,
 never over the liver itself, and segments the result through the engine. Printed per
-case and radius: Dice against the unchanged liver label, the share of the liver found, and
-the volume segmented outside it. Radius 0 is the untouched image.
+case and radius: Dice against the unchanged liver label, the share of the liver found, the
+volume segmented outside it and the network's unsure fraction (warned above 0.3, see
+``LiverVolumetryLib.confidence``). Radius 0 is the untouched image.
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ def main(argv: list[str] | None = None) -> None:
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         cells = []
         for radius in radii:
-            mask = sitk.GetArrayFromImage(segment_liver(with_cyst(image, liver, radius), bundle).mask) > 0
+            result = segment_liver(with_cyst(image, liver, radius), bundle)
+            mask = sitk.GetArrayFromImage(result.mask) > 0
             overlap = int((mask & liver).sum())
             dice[radius].append(2.0 * overlap / (mask.sum() + liver.sum()))
             cells.append(f"{radius:.0f} mm: Dice {dice[radius][-1]:.3f}, liver found {overlap / liver.sum():.2f}, "
-                         f"outside {(mask & ~liver).sum() * voxel_ml:.0f} mL")
+                         f"outside {(mask & ~liver).sum() * voxel_ml:.0f} mL, unsure {result.unsure_fraction:.2f}")
         print(f"case {entry.case}: " + " | ".join(cells), flush=True)
     print("mean Dice: " + ", ".join(f"{r:.0f} mm {np.mean(d):.3f}" for r, d in dice.items()))
 
