@@ -88,7 +88,7 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
     assert bundle.inference.threshold == summary["threshold"]
     assert bundle.metadata["cross_validation"]["folds"] == folds
     card = (tmp_path / "bundle" / "MODEL.md").read_text(encoding="utf-8")
-    assert "## Cross-validation" in card and "nested threshold" in card
+    assert "## Cross-validation" in card and "nested threshold | unsure fraction |" in card
     flagged = summary["evaluation"]["plausibility_warnings"]
     assert f"| plausibility warnings | {len(flagged)} of 4 masks flagged" in card
 
