@@ -115,6 +115,25 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def normalize_like_pyradiomics(image: sitk.Image, scale: float = 1.0,
+                               outliers: float | None = None) -> sitk.Image | None:
+    """pyradiomics' ``normalizeImage`` (z-score over the whole image, clip at +-``outliers``,
+    times ``scale``) with the same float64 result, bit for bit, with fewer full-size float64
+    copies alive at once. None for a constant image (no z-score; left to pyradiomics)."""
+    statistics = sitk.StatisticsImageFilter()
+    statistics.Execute(image)
+    if not statistics.GetSigma() > 0:
+        return None
+    shift_scale = sitk.ShiftScaleImageFilter()  # (x - mean) / sigma in double, as sitk.Normalize
+    shift_scale.SetShift(-statistics.GetMean())
+    shift_scale.SetScale(1.0 / statistics.GetSigma())
+    shift_scale.SetOutputPixelType(sitk.sitkFloat64)
+    normalized = shift_scale.Execute(image)
+    if outliers is not None:
+        normalized = sitk.Clamp(normalized, sitk.sitkFloat64, -float(outliers), float(outliers))
+    return sitk.Multiply(normalized, float(scale))
+
+
 def _make_extractor(params: Path, progress: Progress):
     """A pyradiomics extractor for ``params`` that reports progress per feature class."""
     _quiet_radiomics()
@@ -123,8 +142,14 @@ def _make_extractor(params: Path, progress: Progress):
     class _Extractor(featureextractor.RadiomicsFeatureExtractor):
         """Same extraction, with a progress call after loading and after each class."""
 
-        def loadImage(self, *args, **kwargs):  # noqa: N802 (pyradiomics' name)
-            loaded = featureextractor.RadiomicsFeatureExtractor.loadImage(*args, **kwargs)
+        def loadImage(self, image, mask, generalInfo=None, **kwargs):  # noqa: N802 (pyradiomics' names)
+            normalized = None
+            if kwargs.get("normalize") and isinstance(image, sitk.Image):
+                normalized = normalize_like_pyradiomics(image, kwargs.get("normalizeScale", 1),
+                                                        kwargs.get("removeOutliers"))
+            if normalized is not None:
+                image, kwargs = normalized, {**kwargs, "normalize": False}
+            loaded = featureextractor.RadiomicsFeatureExtractor.loadImage(image, mask, generalInfo, **kwargs)
             progress(_LOADED, "radiomics")
             return loaded
 

@@ -15,7 +15,8 @@ import SimpleITK as sitk
 import yaml
 
 from LiverVolumetryLib.errors import InputError
-from LiverVolumetryLib.measure import (describe_column, liver_volume_ml, measure,
+from LiverVolumetryLib import measure as measure_module
+from LiverVolumetryLib.measure import (describe_column, liver_volume_ml, measure, normalize_like_pyradiomics,
                                        radiomics_params_path)
 
 # An oblique direction: rotation of 30 degrees about z then 20 degrees about x.
@@ -249,6 +250,28 @@ def test_without_normalization_the_scale_would_leak_into_features(liver_case, tm
     mean = "original_firstorder_Mean"
     assert scaled[mean] == pytest.approx(7.3 * plain[mean], rel=1e-4)
     assert scaled["original_glcm_Contrast"] != pytest.approx(plain["original_glcm_Contrast"], rel=0.1)
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkFloat32, sitk.sitkInt16])
+@pytest.mark.parametrize("outliers", [None, 2.5])
+def test_lean_normalization_is_pyradiomics_normalization_bit_for_bit(pixel_type, outliers):
+    from radiomics.imageoperations import normalizeImage
+
+    rng = np.random.default_rng(3)
+    array = rng.gamma(2.0, 150.0, size=(12, 30, 26)) + 40.0 * (rng.random((12, 30, 26)) < 0.01) * 50.0
+    image = sitk.Cast(from_array(array.astype(np.float32), make_grid((26, 30, 12), (1.2, 1.2, 5.0), OBLIQUE,
+                                                                     (5.0, -3.0, 1.0), sitk.sitkFloat32)), pixel_type)
+    ours = normalize_like_pyradiomics(image, 100, outliers)
+    theirs = normalizeImage(image, normalizeScale=100, removeOutliers=outliers)
+    assert ours.GetPixelID() == theirs.GetPixelID() == sitk.sitkFloat64
+    assert np.array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(theirs))
+    assert ours.GetOrigin() == theirs.GetOrigin() and ours.GetDirection() == theirs.GetDirection()
+    assert normalize_like_pyradiomics(image * 0, 100, outliers) is None  # constant: left to pyradiomics
+
+
+def test_features_equal_those_of_pyradiomics_own_normalization(liver_case, liver_row, monkeypatch):
+    monkeypatch.setattr(measure_module, "normalize_like_pyradiomics", lambda *args: None)
+    assert measure(*liver_case) == liver_row
 
 
 def test_progress_reports_start_and_end(liver_case):
