@@ -167,9 +167,11 @@ def _inputs(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Path, Pa
     from LiverVolumetryLib.phantom import make_phantom
 
     sizes = {"96x96x32": (3.5, 3.5, 8.0)} if args.quick else {k: DEFAULT_PHANTOMS[k] for k in args.phantoms}
-    for index, (size, spacing) in enumerate(sizes.items()):
+    for size, spacing in sizes.items():
         shape = tuple(int(v) for v in size.split("x"))
-        phantom = make_phantom(100 + index, shape=shape, spacing=spacing, orientation="LPS", oblique_degrees=0.0)
+        # The seed belongs to the size, so a run of some sizes gets the same phantoms as a full run.
+        seed = 100 + (list(DEFAULT_PHANTOMS).index(size) if size in DEFAULT_PHANTOMS else 0)
+        phantom = make_phantom(seed, shape=shape, spacing=spacing, orientation="LPS", oblique_degrees=0.0)
         image, truth = workdir / f"phantom-{size}.nii.gz", workdir / f"phantom-{size}-truth.nii.gz"
         sitk.WriteImage(phantom.image, str(image))
         sitk.WriteImage(phantom.liver, str(truth))
