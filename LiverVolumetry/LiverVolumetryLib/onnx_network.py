@@ -1,7 +1,9 @@
 """The bundle's network as an ONNX graph run by ONNX Runtime: the fast CPU path.
 
-On CPU, ONNX Runtime runs the same 3D U-Net about 1.7x faster than PyTorch's eager
-convolutions (measured on the project's 2-core machine, maximum logit difference ~1e-3).
+On CPU, ONNX Runtime runs the same 3D U-Net without importing PyTorch, about 2 s of every
+one-case run; warm, it was 1.7x faster than PyTorch's eager convolutions on one 2-core
+machine and about as fast on another (README, "What made it fast"); maximum logit
+difference ~1e-3.
 A bundle may carry ``model.onnx`` next to its safetensors weights, exported from those
 weights when the bundle is written and checked against PyTorch on a test input; its
 SHA-256 is in ``model.json`` and verified before use. An ONNX file is a protobuf graph
