@@ -224,7 +224,8 @@ def measure(image: sitk.Image, mask: sitk.Image, radiomics: bool = True,
     if radiomics:
         report(_RADIOMICS_START, "radiomics")
         binary.CopyInformation(image)  # grids match within tolerance: make them identical
-        floating = sitk.Cast(image, sitk.sitkFloat32)
+        # sitk.Cast copies even to the same pixel type; a float32 image needs no copy.
+        floating = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
         path = Path(params) if params is not None else radiomics_params_path()
         if not path.is_file():
             raise InputError(path, "radiomics parameter file not found")
