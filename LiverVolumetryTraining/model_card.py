@@ -106,19 +106,20 @@ def _pm(stats: dict | None, digits: int = 3) -> str:
 def crossval_section(cv: dict) -> list[str]:
     """Cross-validation: per-case out-of-fold Dice per threshold, and the evaluate summary."""
     thresholds = [str(t) for t in cv["thresholds"]]
-    unsure = cv.get("unsure_fraction_per_case")  # absent in summaries written before it was recorded
+    unsure = cv.get("unsure_fraction_per_case") or {}  # absent in summaries written before it was recorded
+    extra = [("unsure fraction", lambda case: f"{unsure[case]:.2f}")] if unsure else []
     its = sorted(set(cv.get("iterations", [])))
     lines = ["## Cross-validation", "", cv["protocol"] + f" (recipe `{cv.get('recipe')}`, "
              f"{' / '.join(map(str, its))} iterations per fold).", "",
              "Folds: " + "; ".join(", ".join(fold) for fold in cv["folds"]) + ".", "",
              "| case | " + " | ".join(f"Dice @ {t}" for t in thresholds) + " | nested threshold |"
-             + (" unsure fraction |" if unsure else ""),
-             "| --- | " + " | ".join("---" for _ in thresholds) + " | --- |" + (" --- |" if unsure else "")]
+             + "".join(f" {title} |" for title, _ in extra),
+             "| --- | " + " | ".join("---" for _ in thresholds) + " | --- |" + " --- |" * len(extra)]
     for case, by_t in cv["dice_per_case"].items():
         lines.append(f"| {case} | " + " | ".join(f"{by_t[t]:.3f}" for t in thresholds)
-                     + f" | {cv['nested_threshold'][case]:g} |" + (f" {unsure[case]:.2f} |" if unsure else ""))
+                     + f" | {cv['nested_threshold'][case]:g} |" + "".join(f" {cell(case)} |" for _, cell in extra))
     lines += ["| **mean** | " + " | ".join(f"**{cv['dice_mean_by_threshold'][t]:.3f}**" for t in thresholds) + " | |"
-              + (" |" if unsure else ""),
+              + " |" * len(extra),
               "", f"Out-of-fold Dice with each case's nested threshold: **{cv['dice_mean']:.3f} ± "
               f"{cv.get('dice_sd') or 0:.3f}** (lowest {cv['dice_min']:.3f}). Threshold chosen on all folds "
               f"(shipped): {cv['threshold']:g}.", ""]
