@@ -21,6 +21,7 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,7 +48,7 @@ BYTES_PER_VOXEL = 16
 FIXED_OVERHEAD_BYTES = 512 * 1024**2
 
 #: What an InputError names: a file, a folder, or a label for an in-memory image.
-Where = str | os.PathLike | None
+Where = Optional[Union[str, os.PathLike]]  # typing form: evaluated at import on Python 3.9
 
 _COMPLEX_PIXEL_IDS = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 
