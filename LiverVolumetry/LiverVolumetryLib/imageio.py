@@ -14,11 +14,8 @@ re-exported here. Masks are read by :mod:`.masks`; ``read_mask`` is re-exported 
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import struct
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional, Union
@@ -30,6 +27,7 @@ from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_err
                     read_series_header)
 from .dicom import sitk_reason as _sitk_reason
 from .errors import InputError
+from .niftifile import check_nifti_complete, check_nifti_finite
 
 __all__ = [
     "IMAGE_SUFFIXES", "DicomSeries", "available_memory_bytes", "case_id", "estimate_memory_bytes",
@@ -46,6 +44,9 @@ MAX_SPACING_MM = 30.0
 #: Memory estimate (see :func:`estimate_memory_bytes`).
 BYTES_PER_VOXEL = 16
 FIXED_OVERHEAD_BYTES = 512 * 1024**2
+
+#: Largest |cosine| between two image axes accepted as orthogonal (about 0.06 degrees).
+MAX_AXIS_COSINE = 1e-3
 
 #: What an InputError names: a file, a folder, or a label for an in-memory image.
 Where = Optional[Union[str, os.PathLike]]  # typing form: evaluated at import on Python 3.9
@@ -151,6 +152,14 @@ def _check_direction(path: Where, direction: Sequence[float]) -> None:
     if np.any(norms < 1e-6) or abs(np.linalg.det(matrix / norms)) < 1e-3:
         raise InputError(path, "has a degenerate direction matrix (axes are parallel "
                                "or zero); the image orientation is unusable")
+    cosines = (matrix / norms).T @ (matrix / norms)
+    worst = float(np.max(np.abs(cosines - np.eye(3))))
+    if worst > MAX_AXIS_COSINE:
+        # A sheared grid (e.g. gantry tilt) cannot be kept: NIfTI masks and most viewers
+        # would silently square its axes and misplace the liver by centimetres.
+        angle = math.degrees(math.acos(min(1.0, worst)))
+        raise InputError(path, f"has a sheared (non-orthogonal) voxel grid: two axes meet at {angle:.1f} "
+                               "degrees instead of 90; resample it onto an orthogonal grid first")
 
 
 def _check_memory(path: Where, size: Sequence[int]) -> None:
@@ -208,67 +217,10 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
         raise InputError(path, f"cannot be read: not a valid {image_suffix(path)} file, "
                                f"or the file is corrupt{detail}") from None
     if image_suffix(path) in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)
+        check_nifti_complete(path)
     if reader.GetPixelID() in _COMPLEX_PIXEL_IDS:
         raise InputError(path, "has complex-valued voxels; a real-valued volume is needed")
     return reader
-
-
-def _nifti_data_end(header: bytes) -> int | None:
-    """Byte offset where a NIfTI-1/2 file's voxel data ends, from its header; None if the
-    header cannot be interpreted (then no truncation check is made)."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dim = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = struct.unpack(endian + "f", header[108:112])[0]
-        elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dim = struct.unpack(endian + "8q", header[16:80])
-            offset = struct.unpack(endian + "q", header[168:176])[0]
-        else:
-            continue
-        if not 1 <= dim[0] <= 7 or bitpix <= 0 or not math.isfinite(offset) or offset < 0:
-            return None
-        return int(offset) + math.prod(max(int(d), 1) for d in dim[1:dim[0] + 1]) * bitpix // 8
-    return None
-
-
-def _gzip_size(path: Path, expected: int) -> int:
-    """Uncompressed size of a .gz file: its trailer when that equals ``expected`` (mod
-    2**32), else counted by decompressing (all members; stops at corrupt data)."""
-    with open(path, "rb") as handle:
-        handle.seek(-4, os.SEEK_END)
-        if struct.unpack("<I", handle.read(4))[0] == expected % 2**32:
-            return expected
-        handle.seek(0)
-        total, inflater = 0, zlib.decompressobj(31)
-        while block := handle.read(1 << 22):
-            while block:
-                try:
-                    total += len(inflater.decompress(block))
-                except zlib.error:
-                    return total
-                block = inflater.unused_data if inflater.eof else b""
-                if inflater.eof:
-                    inflater = zlib.decompressobj(31)
-    return total
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a truncated NIfTI file (ITK would silently fill the missing voxels with 0)."""
-    compressed = image_suffix(path) == ".nii.gz"
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
-            end = _nifti_data_end(handle.read(544))
-        if end is None:
-            return
-        size = _gzip_size(path, end) if compressed else path.stat().st_size
-    except (EOFError, OSError, zlib.error):
-        size, end = 0, 1
-    if size < end:
-        raise InputError(path, f"is truncated: {size} of its {end} bytes are present "
-                               "(incomplete download or corrupt file)")
 
 
 def _execute(reader: sitk.ImageReaderBase, path: Where) -> sitk.Image:
@@ -288,6 +240,8 @@ def _read_file(path: Path) -> sitk.Image:
     _check_spacing(path, reader.GetSpacing())
     _check_direction(path, reader.GetDirection())
     _check_memory(path, size)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_finite(path)
     reader.SetOutputPixelType(sitk.sitkFloat32)
     return _execute(reader, path)
 

@@ -199,6 +199,20 @@ def test_validate_image_checks_images_in_memory():
         validate_image(sitk.Image(4, 4, 4, sitk.sitkFloat32), "from_slicer")
 
 
+@pytest.mark.parametrize("shear_degrees, accepted", [(0.0, True), (0.01, True), (0.5, False), (8.5, False)])
+def test_sheared_grids_are_refused_and_round_off_is_not(shear_degrees, accepted):
+    image = sitk.Cast(make_volume(direction=OBLIQUE), sitk.sitkFloat32)
+    matrix = np.array(image.GetDirection()).reshape(3, 3)
+    tilt = np.radians(shear_degrees)
+    matrix[:, 1] = np.cos(tilt) * matrix[:, 1] + np.sin(tilt) * matrix[:, 0]  # y axis leans towards x
+    image.SetDirection(matrix.ravel().tolist())
+    if accepted:
+        validate_image(image, "scan")
+    else:
+        with pytest.raises(InputError, match=rf"^scan: has a sheared .* meet at {90 - shear_degrees:.1f} degrees"):
+            validate_image(image, "scan")
+
+
 # --------------------------------------------------------------------------- helpers
 
 
