@@ -54,6 +54,12 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use normal permissions
         os.replace(tmp, path)
+    except OutputError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if error.path != os.fspath(tmp):
+            raise
+        raise OutputError(path, error.cause) from None  # name the file the user asked for, not the hidden one
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -167,16 +167,19 @@ def _partial_then_fail(exception: BaseException):
 def test_failing_mask_writer_leaves_nothing(tmp_path, monkeypatch, exception):
     monkeypatch.setattr(outputs.sitk, "WriteImage", _partial_then_fail(exception))
     expected = OutputError if isinstance(exception, RuntimeError) else KeyboardInterrupt
-    with pytest.raises(expected):
+    with pytest.raises(expected) as raised:
         write_mask(_oblique_mask(), tmp_path / "case.nii.gz")
     assert list(tmp_path.iterdir()) == []
+    if expected is OutputError:  # names the file asked for, not the hidden temporary one
+        assert raised.value.path == str(tmp_path / "case.nii.gz") and ".part" not in str(raised.value)
 
 
 def test_failing_segmentation_writer_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(slicerio, "write_segmentation", _partial_then_fail(OSError("disk full")))
-    with pytest.raises(OutputError, match="case.seg.nrrd"):
+    with pytest.raises(OutputError, match="case.seg.nrrd") as raised:
         write_segmentation(_oblique_mask(), tmp_path / "case.seg.nrrd")
     assert list(tmp_path.iterdir()) == []
+    assert raised.value.path == str(tmp_path / "case.seg.nrrd") and ".part" not in str(raised.value)
 
 
 def test_failing_qc_writer_leaves_nothing(tmp_path, monkeypatch):
@@ -184,9 +187,10 @@ def test_failing_qc_writer_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", _partial_then_fail(OSError("disk full")))
     image, mask = _synthetic_case()
-    with pytest.raises(OutputError):
+    with pytest.raises(OutputError) as raised:
         write_qc_png(image, mask, tmp_path / "qc.png")
     assert list(tmp_path.iterdir()) == []
+    assert raised.value.path == str(tmp_path / "qc.png") and ".part" not in str(raised.value)
 
 
 def test_failing_measurement_writer_leaves_nothing(tmp_path, monkeypatch):
