@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,30 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
             "warnings": "; ".join(warnings), "status": "ok", "error": None}
 
 
+def _same_input(recorded: str, path: Path) -> bool:
+    """Whether the table's ``input`` entry names ``path`` (the same file, however written)."""
+    try:
+        return Path(recorded).resolve() == path.resolve() or os.path.samefile(recorded, path)
+    except OSError:
+        return False
+
+
+def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTable, overwrite: bool) -> None:
+    """Refuse an output path that is a file, and a table row of the same case name that came
+    from another input (resuming would report that scan's results for this one)."""
+    from .errors import OutputError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(out_dir, "is a file; the output must be a folder")
+    if overwrite:
+        return
+    for item in cases:
+        recorded = table.rows.get(item.case, {}).get("input")
+        if recorded and not _same_input(str(recorded), item.path):
+            raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another input "
+                                                   f"({recorded}); use another output folder or --overwrite")
+
+
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,
                      device: str = "auto", radiomics: bool = True, overwrite: bool = False,
                      reporter: Reporter | None = None, cancel=None) -> list[dict]:
@@ -138,9 +163,10 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
 
     reporter = reporter or Reporter()
     out_dir = Path(out_dir)
+    table = ResultsTable(out_dir)
+    check_output_folder(cases, out_dir, table, overwrite)
     bundle = load_bundle(model)
     device = resolve_device(device)
-    table = ResultsTable(out_dir)
     rows = []
     reporter.start(len(cases))
     try:

@@ -28,6 +28,7 @@ def cmd_segment(args) -> int:
     from .inputs import collect_inputs
     from .reporting import make_reporter
 
+    _refuse_output_among_inputs(args.inputs, Path(args.output))
     cases = collect_inputs(args.inputs, series_uid=args.series)
     reporter = make_reporter(args.progress)
     rows = run_segmentation(cases, args.output, model=args.model, device=args.device,
@@ -39,10 +40,26 @@ def cmd_segment(args) -> int:
                 print(f"{row['case']}: liver volume {row['volume_ml']:.1f} mL{_check_text(row)}")
         if len(rows) == 1 and failed:
             print(f"livervolumetry: error: {failed[0]['error']}", file=sys.stderr)
-        elif failed:
+        elif failed and (Path(args.output) / "measurements.csv").is_file():
             print(f"livervolumetry: {len(failed)} of {len(rows)} cases failed; see "
                   f"{Path(args.output) / 'measurements.csv'}", file=sys.stderr)
+        elif failed:  # nothing worked, so no table was written: say why here
+            print(f"livervolumetry: all {len(rows)} cases failed:", file=sys.stderr)
+            for row in failed:
+                print(f"  {row['case']}: {row['error']}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _refuse_output_among_inputs(inputs: list[str], output: Path) -> None:
+    """An output folder that is also an input folder would feed this run's masks back in as
+    scans on the next run."""
+    from .errors import OutputError
+
+    for argument in inputs:
+        folder = Path(argument).expanduser()
+        if folder.is_dir() and output.exists() and folder.resolve() == output.resolve():
+            raise OutputError(output, "is also an input folder; the next run would take its masks for "
+                                      "scans (choose another output folder)")
 
 
 def _check_text(row: dict) -> str:

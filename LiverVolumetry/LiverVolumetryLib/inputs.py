@@ -144,8 +144,16 @@ def _manifest_case(manifest: Path, line: int, record: dict[str, str], image_colu
         raise InputError(manifest, f"line {line}: {path} is not a supported image file "
                                    f"({', '.join(IMAGE_SUFFIXES)}) or a DICOM folder")
     case = record.get("case") or case_id(path)
+    if not _is_plain_name(case):
+        raise InputError(manifest, f"line {line}: case name '{case}' must be a plain file name (no '/', '\\', "
+                                   "'..' or leading '.'): the outputs are named after it")
     uid = record.get("series_uid") or series_uid
     return InputCase(case, path, uid if path.is_dir() else None)
+
+
+def _is_plain_name(case: str) -> bool:
+    """A case name that names files inside the output folder and nowhere else."""
+    return bool(case) and not case.startswith(".") and not any(c in case for c in "/\\\0")
 
 
 def _cases_from_argument(argument: str | os.PathLike, series_uid: str | None) -> list[InputCase]:

@@ -173,3 +173,83 @@ def test_corrupt_bundle_is_refused(phantom_file, tmp_path):
 def test_model_command_shows_the_card():
     code, stdout, _ = run_cli("model")
     assert code == 0 and "verified" in stdout and "validation" in stdout
+
+
+def test_write_error_names_the_output_not_its_temporary_file(phantom_file, tmp_path, monkeypatch, capsys):
+    from matplotlib.figure import Figure
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"livervolumetry: error: {out / 'case_a_qc.png'}: cannot write the QC picture " \
+                  "([Errno 28] No space left on device)", err
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
+def test_resume_refuses_a_finished_case_name_from_another_input(phantom_file, tmp_path, capsys):
+    path, _ = phantom_file
+    other = tmp_path / "elsewhere" / path.name  # same case name, another scan
+    other.parent.mkdir()
+    sitk.WriteImage(make_phantom(4, shape=(80, 64, 26), spacing=(5.0, 5.0, 9.0)).image, str(other))
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    table = (out / "measurements.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["segment", str(other), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds case 'case_a' from another input" in err, err
+    assert (out / "measurements.csv").read_bytes() == table
+    # the same file written another way is the same input: resumed, not refused
+    relative = Path("..") / path.parent.name / path.name
+    assert main(["segment", str(path.parent / relative), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+
+
+@pytest.mark.parametrize("case", ["../escaped", "sub/dir", ".hidden"])
+def test_manifest_case_names_cannot_leave_the_output_folder(phantom_file, tmp_path, capsys, case):
+    path, _ = phantom_file
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"image,case\n{path},{case}\n")
+    out = tmp_path / "out"
+    assert main(["segment", str(manifest), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cohort.csv: line 2: case name" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort.csv"]
+
+
+def test_output_folder_that_is_an_input_folder_is_refused(phantom_file, tmp_path, capsys):
+    path, _ = phantom_file
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(path, folder / path.name)
+    assert main(["segment", str(folder), "-o", str(folder), "--no-radiomics", "--progress", "none"]) == 1
+    assert "is also an input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == [path.name]
+
+
+def test_output_path_that_is_a_file_is_refused_before_any_work(phantom_file, tmp_path, capsys, monkeypatch):
+    import LiverVolumetryLib.segment as segment
+
+    monkeypatch.setattr(segment, "segment_liver", lambda *a, **k: pytest.fail("segmented before the output check"))
+    path, _ = phantom_file
+    target = tmp_path / "results.nii.gz"
+    target.write_bytes(b"keep")
+    assert main(["segment", str(path), "-o", str(target), "--progress", "none"]) == 1
+    assert "results.nii.gz: is a file; the output must be a folder" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep"
+
+
+def test_when_every_case_fails_the_causes_are_printed(tmp_path, capsys):
+    bad = [tmp_path / "one.nii.gz", tmp_path / "two.nrrd"]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(["segment", *map(str, bad), "-o", str(out), "--progress", "none"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "livervolumetry: all 2 cases failed:"
+    assert err[1].startswith("  one: ") and "one.nii.gz" in err[1] and err[2].startswith("  two: "), err
+    assert not out.exists() or not any(out.iterdir())
