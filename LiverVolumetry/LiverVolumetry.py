@@ -278,8 +278,12 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(message)
 
 
+# Scalar-volume subclasses that are not one grayscale image (vector volumes are tensor volumes).
+_NOT_IMAGE_VOLUMES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+
+
 def _isImageVolume(node) -> bool:
-    return bool(node and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+    return bool(node and node.IsA("vtkMRMLScalarVolumeNode") and not any(node.IsA(c) for c in _NOT_IMAGE_VOLUMES)
                 and not (node.GetName() or "").startswith("__"))
 
 
@@ -307,7 +311,7 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
             return "Choose the folder of a model bundle."
         try:
             from LiverVolumetryLib.bundle import load_bundle
-            bundle = load_bundle(modelDir)
+            bundle = load_bundle(modelDir, verify=False)  # the label only; every engine run verifies
         except Exception as error:  # noqa: BLE001 - shown to the user as text
             return f"Model not usable: {error}"
         return f"Model: {bundle.name} {bundle.version}"
@@ -316,6 +320,7 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} liver")
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentation.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # moves with the volume
         return segmentation
 
     def startSegmentation(self, volume, segmentation, device="auto", modelDir=None, radiomics=True,

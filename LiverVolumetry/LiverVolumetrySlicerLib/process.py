@@ -108,8 +108,10 @@ class EngineProcess:
         while True:
             try:
                 line = stream.readline()
-            except (UnicodeDecodeError, ValueError):
+            except UnicodeDecodeError:
                 continue
+            except ValueError:  # the stream was closed: nothing more will come
+                break
             if not line:
                 break
             self._queue.put(line.rstrip("\r\n"))

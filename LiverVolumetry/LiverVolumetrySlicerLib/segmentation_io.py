@@ -2,7 +2,8 @@
 
 Everything stays on the input volume's grid: the segmentation's reference geometry is the
 input volume, masks are exported with that volume as reference, and an imported mask is a
-labelmap written by the engine on the input grid. A checksum of the liver segment written
+labelmap written by the engine on the input grid, in the volume's local coordinates (under
+the volume's parent transform, if it has one). A checksum of the liver segment written
 by the module is stored on the segmentation node so that later hand edits are detected.
 """
 
@@ -48,11 +49,17 @@ def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume
     segment_id = _ensure_liver_segment(segmentation_node)
     labelmap = slicer.util.loadLabelVolume(str(mask_file), {"show": False, "name": "__LiverVolumetryMask__"})
     try:
+        # The mask is on the volume's own (local) grid: give it the volume's parent transform,
+        # so that the import maps it into the segmentation's frame, whatever that is.
+        labelmap.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())
         segment_ids = vtk.vtkStringArray()
         segment_ids.InsertNextValue(segment_id)
         logic = slicer.modules.segmentations.logic()
         if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, segment_ids):
-            raise RuntimeError(f"Slicer could not import the liver mask {mask_file} into the segmentation.")
+            raise RuntimeError(f"Slicer could not import the liver mask into the segmentation "
+                               f"'{segmentation_node.GetName()}'. A segmentation whose source representation is "
+                               "not a binary labelmap (e.g. made from a surface model) cannot take it: choose "
+                               "'Create new segmentation' as the output.")
     finally:
         slicer.mrmlScene.RemoveNode(labelmap)
     _style_liver_segment(segmentation_node, segment_id)

@@ -19,6 +19,7 @@ TEMPLATE = "Utilities/Templates/Modules/Scripted/TemplateKey.py"
 SCRIPTED_MODULE = "Base/Python/slicer/ScriptedLoadableModule.py"
 PARAMETER_WRAPPER = "Base/Python/slicer/parameterNodeWrapper/wrapper.py"
 SEGMENT_STATISTICS = "Modules/Scripted/SegmentStatistics/SegmentStatistics.py"
+TRANSFORMABLE_NODE_H = "Libs/MRML/Core/vtkMRMLTransformableNode.h"
 
 # slicer.util.<name> (called, or imported with ``from slicer.util import``)
 SLICER_UTIL = {
@@ -110,6 +111,7 @@ MRML_METHODS = {
     "GetSpacing": UTIL + " (itkImageFromVolume)",
     "GetSubjectHierarchyNode": UTIL + " (slicer.mrmlScene)",
     "GetTable": TABLE_NODE_H,
+    "GetTransformNodeID": TRANSFORMABLE_NODE_H,
     "GetTerminologyEntryTagName": SEGMENT_H,
     "GetValue": UTIL + " (dataframeFromTable, vtkAbstractArray)",
     "ImportLabelmapToSegmentationNode": SEGMENTATIONS_LOGIC_H + " (labelmap, segmentation, vtkStringArray)",
@@ -119,6 +121,7 @@ MRML_METHODS = {
     "RemoveAllColumns": TABLE_NODE_H,
     "RemoveNode": UTIL,
     "SetActiveTableID": "Libs/MRML/Core/vtkMRMLSelectionNode.h",
+    "SetAndObserveTransformNodeID": TRANSFORMABLE_NODE_H,
     "SetAttribute": SCRIPTED_MODULE,
     "SetColor": SEGMENT_H,
     "SetColumnDescription": TABLE_NODE_H,

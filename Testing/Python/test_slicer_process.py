@@ -95,6 +95,24 @@ def test_events_arrive_in_order_and_the_end_is_reported_once(glue, monkeypatch):
     assert finished == [(0, False)] and not proc.running
 
 
+def test_reader_thread_ends_when_its_stream_is_closed(glue):
+    """A closed pipe raises ValueError on readline: the reader must stop, not spin."""
+
+    class ClosedStream:
+        calls = 0
+
+        def readline(self):
+            ClosedStream.calls += 1
+            if ClosedStream.calls > 1000:
+                raise AssertionError("reader keeps calling readline on a closed stream")
+            raise ValueError("I/O operation on closed file.")
+
+    proc = glue.process.EngineProcess(["segment"], lambda e: None, lambda rc, cancelled: None)
+    proc._proc = types.SimpleNamespace(stdout=ClosedStream())
+    proc._read_output()
+    assert ClosedStream.calls == 1
+
+
 def test_cancel_kills_the_process_quickly(glue, monkeypatch):
     _script_process(glue, monkeypatch, "import time\nprint('{\"event\": \"log\", \"message\": \"busy\"}', flush=True)\n"
                                        "time.sleep(120)\n")
