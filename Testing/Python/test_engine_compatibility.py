@@ -116,3 +116,8 @@ def test_engine_runs_end_to_end_on_python_3_9(tmp_path):
     dice = float(done.stdout.split("Dice ")[1].split()[0])
     assert dice > 0.9, done.stdout
     assert (tmp_path / "demo" / "phantom_liver.seg.nrrd").is_file()
+    demo = tmp_path / "demo"
+    measured = subprocess.run([str(PY39_ENV), "-B", "-m", "LiverVolumetryLib.cli", "measure",
+                               str(demo / "phantom_image.nii.gz"), str(demo / "phantom_liver.seg.nrrd"), "--no-radiomics"],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert measured.returncode == 0 and "liver volume" in measured.stdout, measured.stdout + measured.stderr
