@@ -196,6 +196,36 @@ def validate_image(image: sitk.Image, path: Where) -> None:
     _check_pixels(path, image)
 
 
+# (suffix, header key, separator) of the line naming a detached header's voxel data file.
+_DATA_FILE_LINES = ((".mhd", "elementdatafile", "="), (".nhdr", "data file", ":"), (".nhdr", "datafile", ":"))
+
+
+def _check_detached_data(path: Path) -> None:
+    """Refuse a .mhd/.nhdr header whose single data file is missing, naming that file
+    (the readers only say the header cannot be read). Lists and patterns are not checked."""
+    suffix = image_suffix(path)
+    keys = {key: separator for s, key, separator in _DATA_FILE_LINES if s == suffix}
+    if not keys:
+        return
+    try:
+        with open(path, encoding="latin-1") as handle:
+            lines = [line.strip() for _, line in zip(range(200), handle)]
+    except OSError:
+        return
+    for line in lines:
+        for key, separator in keys.items():
+            name, _, value = line.partition(separator)
+            value = value.strip()
+            if name.strip().lower() != key or not value:
+                continue
+            if value.upper().startswith(("LOCAL", "LIST")) or "%" in value or " " in value:
+                return  # data in the header itself, or several files: left to the reader
+            data = Path(value) if Path(value).is_absolute() else path.parent / value
+            if not data.exists():
+                raise InputError(path, f"its data file {data.name} is missing (expected at {data})")
+            return
+
+
 def _file_reader(path: Path) -> sitk.ImageFileReader:
     """A reader with the header of ``path`` read (missing/corrupt/unsupported refused)."""
     if not path.exists():
@@ -207,6 +237,7 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
     if image_suffix(path) is None:
         raise InputError(path, f"has an unsupported file type; expected one of "
                                f"{', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
+    _check_detached_data(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -131,6 +131,19 @@ def bad_direction(tmp_path, monkeypatch):
     return write_nhdr(tmp_path, "parallel", "(1,0,0) (1,0,0) (0,0,1)"), {}
 
 
+def bad_mhd_without_raw(tmp_path, monkeypatch):
+    path = write_image(tmp_path, "scan.mhd", make_volume())
+    next(tmp_path.glob("scan.*raw")).unlink()
+    return path, {}
+
+
+def bad_nhdr_without_data(tmp_path, monkeypatch):
+    path = write_nhdr(tmp_path, "detached", "(1,0,0) (0,1,0) (0,0,1)")
+    data_line = next(line for line in path.read_text().splitlines() if line.startswith("data file:"))
+    (tmp_path / data_line.split(":", 1)[1].strip()).unlink()
+    return path, {}
+
+
 def bad_too_large(tmp_path, monkeypatch):
     monkeypatch.setattr(imageio, "available_memory_bytes", lambda: 100 * 1024**2)
     return write_image(tmp_path, "big.nii.gz", make_volume()), {}
@@ -155,6 +168,8 @@ BAD_INPUTS = [
     (bad_spacing_small, "spacing 0.01"),
     (bad_spacing_large, "spacing 1 x 1 x 100"),
     (bad_direction, "direction"),
+    (bad_mhd_without_raw, "its data file scan.raw is missing"),
+    (bad_nhdr_without_data, "its data file detached.raw is missing"),
     (bad_too_large, "gb of memory"),
 ]
 
