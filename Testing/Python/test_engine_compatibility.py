@@ -103,21 +103,31 @@ def test_module_engine_and_slicer_side_import_on_python_3_9():
 PY39_ENV = ENGINE.parents[1] / ".venv-py39" / "bin" / "python"
 
 
-def test_engine_runs_end_to_end_on_python_3_9(tmp_path):
-    """The demo (phantom -> segmentation -> files) on Python 3.9 with ONNX Runtime, as the
-    Slicer module runs it; .ci/install.sh builds this environment where Python 3.9 exists."""
+def test_engine_runs_end_to_end_on_python_3_9(tmp_path, monkeypatch):
+    """The demo, then segment and measure with the Slicer module's own arguments and event
+    parsing, on Python 3.9 with ONNX Runtime as in Slicer 5.8; .ci/install.sh builds this
+    environment where Python 3.9 exists."""
     if not PY39_ENV.exists():
         pytest.skip(f"no Python 3.9 engine environment at {PY39_ENV} (built by .ci/install.sh when python3.9 exists)")
+    monkeypatch.syspath_prepend(str(ENGINE.parent))
+    from LiverVolumetrySlicerLib import engine_cli
+
     env = {**os.environ, "PYTHONPATH": str(ENGINE.parent), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(PY39_ENV), "-B", "-m", "LiverVolumetryLib.cli", "demo", "-o", str(tmp_path / "demo"),
-                           "--no-radiomics", "--device", "cpu", "--progress", "none"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    dice = float(done.stdout.split("Dice ")[1].split()[0])
-    assert dice > 0.9, done.stdout
-    assert (tmp_path / "demo" / "phantom_liver.seg.nrrd").is_file()
+
+    def engine(*arguments: str) -> str:
+        done = subprocess.run([str(PY39_ENV), "-B", "-m", engine_cli.CLI_MODULE, *arguments], capture_output=True,
+                              text=True, timeout=300, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
     demo = tmp_path / "demo"
-    measured = subprocess.run([str(PY39_ENV), "-B", "-m", "LiverVolumetryLib.cli", "measure",
-                               str(demo / "phantom_image.nii.gz"), str(demo / "phantom_liver.seg.nrrd"), "--no-radiomics"],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert measured.returncode == 0 and "liver volume" in measured.stdout, measured.stdout + measured.stderr
+    printed = engine("demo", "-o", str(demo), "--no-radiomics", "--device", "cpu", "--progress", "none")
+    assert float(printed.split("Dice ")[1].split()[0]) > 0.9, printed
+    image, out = demo / "phantom_image.nii.gz", tmp_path / "job"
+    events = [engine_cli.parse_line(line) for line in
+              engine(*engine_cli.segment_arguments(image, out, "cpu", radiomics=False)).splitlines()]
+    assert [e.kind for e in events if e is not None][-1] == "case_done"
+    segmented = engine_cli.read_case_row(out, "phantom_image")
+    engine(*engine_cli.measure_arguments(image, demo / "phantom_liver.seg.nrrd", out, "phantom_image", radiomics=False))
+    measured = engine_cli.read_case_row(out, "phantom_image")
+    assert measured["volume_ml"] == pytest.approx(segmented["volume_ml"], rel=1e-6)
