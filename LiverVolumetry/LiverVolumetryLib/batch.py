@@ -190,6 +190,10 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
                        "model_version": bundle.version, "device": device,
                        "seconds": round(time.perf_counter() - start, 2), "status": "failed",
                        "error": f"{item.path}: {type(error).__name__}: {first}"}
+            if row["status"] == "failed" and overwrite:
+                # Asked to replace this case's files, which the failed row no longer describes.
+                for path in CaseOutputs.for_case(out_dir, item.case).all():
+                    path.unlink(missing_ok=True)
             table.put(row)
             rows.append(table.rows[item.case])
             reporter.case_done(item.case, row["status"], row["error"], row["seconds"])

@@ -253,3 +253,21 @@ def test_when_every_case_fails_the_causes_are_printed(tmp_path, capsys):
     assert err[0] == "livervolumetry: all 2 cases failed:"
     assert err[1].startswith("  one: ") and "one.nii.gz" in err[1] and err[2].startswith("  two: "), err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_failed_overwrite_leaves_no_outputs_the_table_does_not_describe(phantom_file, tmp_path, monkeypatch):
+    import LiverVolumetryLib.segment as segment
+    from LiverVolumetryLib.errors import LiverVolumetryError
+
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+
+    def fails(*args, **kwargs):
+        raise LiverVolumetryError(f"{path}: no liver found in this image")
+
+    monkeypatch.setattr(segment, "segment_liver", fails)
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--overwrite", "--progress", "none"]) == 1
+    rows = json.loads((out / "measurements.json").read_text())
+    assert [r["status"] for r in rows] == ["failed"]
+    assert sorted(p.name for p in out.iterdir()) == ["measurements.csv", "measurements.json"]
