@@ -76,6 +76,10 @@ def cmd_measure(args) -> int:
     from .reporting import make_reporter
 
     case = args.case or case_id(args.image)
+    table = ResultsTable(Path(args.output)) if args.output else None
+    if table is not None and case in table.rows and not args.overwrite:  # before the work, not after
+        raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
+                                  f"'{case}' (use --overwrite to replace it)")
     reporter = make_reporter(args.progress)
     reporter.progress(case, 0.0, "load")
     image = read_image(args.image, args.series)
@@ -92,11 +96,7 @@ def cmd_measure(args) -> int:
     say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
     say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +
         (f", {len(values) - 2} radiomics features" if not args.no_radiomics else "") + _check_text(row))
-    if args.output:
-        table = ResultsTable(Path(args.output))
-        if case in table.rows and not args.overwrite:
-            raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
-                                      f"'{case}' (use --overwrite to replace it)")
+    if table is not None:
         table.put(row)
         say(f"wrote {Path(args.output) / 'measurements.csv'}")
     return EXIT_OK

@@ -271,3 +271,17 @@ def test_failed_overwrite_leaves_no_outputs_the_table_does_not_describe(phantom_
     rows = json.loads((out / "measurements.json").read_text())
     assert [r["status"] for r in rows] == ["failed"]
     assert sorted(p.name for p in out.iterdir()) == ["measurements.csv", "measurements.json"]
+
+
+def test_measure_refuses_an_existing_row_before_any_work(phantom_file, tmp_path, monkeypatch, capsys):
+    import LiverVolumetryLib.measure as measure
+
+    path, truth = phantom_file
+    mask_path = tmp_path / "liver.nii.gz"
+    sitk.WriteImage(truth, str(mask_path))
+    out = tmp_path / "m"
+    assert main(["measure", str(path), str(mask_path), "-o", str(out), "--no-radiomics"]) == 0
+    monkeypatch.setattr(measure, "measure", lambda *a, **k: pytest.fail("measured before the table check"))
+    capsys.readouterr()
+    assert main(["measure", str(path), str(mask_path), "-o", str(out)]) == 1
+    assert "already has a row for case 'case_a'" in capsys.readouterr().err
