@@ -116,14 +116,15 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def onNodeAdded(self, caller, event, node) -> None:
         """Select the volume loaded last as input (labelmaps and our own nodes excepted)."""
-        if self._parameterNode is None or self.logic.busy or not _isImageVolume(node):
+        if self._parameterNode is None or self.logic.busy or not segmentation_io.is_image_volume(node):
             return
         self._parameterNode.inputVolume = node
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if _isImageVolume(node)]
+            volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if segmentation_io.is_image_volume(node)]
             if volumes:
                 self._parameterNode.inputVolume = volumes[-1]
 
@@ -276,15 +277,6 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.format = "Failed"
             self._log(message)
             slicer.util.errorDisplay(message)
-
-
-# Scalar-volume subclasses that are not one grayscale image (vector volumes are tensor volumes).
-_NOT_IMAGE_VOLUMES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
-
-
-def _isImageVolume(node) -> bool:
-    return bool(node and node.IsA("vtkMRMLScalarVolumeNode") and not any(node.IsA(c) for c in _NOT_IMAGE_VOLUMES)
-                and not (node.GetName() or "").startswith("__"))
 
 
 class LiverVolumetryLogic(ScriptedLoadableModuleLogic):

@@ -23,6 +23,17 @@ CHECKSUM_ATTRIBUTE = "LiverVolumetry.LiverChecksum"
 MODEL_ATTRIBUTE_PREFIX = "LiverVolumetry."
 
 
+# Scalar-volume subclasses that are not one grayscale image (vector volumes are tensor volumes).
+_NOT_IMAGE_VOLUMES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+
+
+def is_image_volume(node) -> bool:
+    """A grayscale volume the user loaded (not a labelmap, vector or tensor volume, nor one
+    of the module's own hidden ``__`` nodes)."""
+    return bool(node and node.IsA("vtkMRMLScalarVolumeNode") and not any(node.IsA(c) for c in _NOT_IMAGE_VOLUMES)
+                and not (node.GetName() or "").startswith("__"))
+
+
 def liver_segment_id(segmentation_node) -> str:
     """ID of the segment named 'Liver' (case-insensitive); empty string if there is none."""
     return segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
