@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .bundle import ModelBundle, load_bundle
-from .errors import CancelledError, LiverVolumetryError
+from .errors import CancelledError, LiverVolumetryError, OutputError
 from .inputs import InputCase
 from .reporting import Reporter
 
@@ -142,8 +142,6 @@ def _same_input(recorded: str, path: Path) -> bool:
 def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTable, overwrite: bool) -> None:
     """Refuse an output path that is a file, and a table row of the same case name that came
     from another input (resuming would report that scan's results for this one)."""
-    from .errors import OutputError
-
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(out_dir, "is a file; the output must be a folder")
     if overwrite:
