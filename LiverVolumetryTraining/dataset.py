@@ -137,30 +137,62 @@ def read_case_image(entry: CaseEntry) -> sitk.Image:
 
 def read_file(path: Path, failure: str, header_only: bool = False) -> sitk.Image | sitk.ImageFileReader:
     """An image file (or, with ``header_only``, a reader holding its header); a reader
-    error becomes the one-line InputError "<path>: <failure> (<reason>)"."""
+    error becomes the one-line InputError "<path>: <failure> (<reason>)". A truncated
+    NIfTI file is refused (ITK would fill its missing voxels with 0)."""
     from LiverVolumetryLib.dicom import sitk_reason
+    from LiverVolumetryLib.imageio import image_suffix
+    from LiverVolumetryLib.niftifile import check_nifti_complete
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        if header_only:
-            reader.ReadImageInformation()
-            return reader
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(path, f"{failure} ({sitk_reason(error)})") from None
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
+    if header_only:
+        return reader
+    try:
         return reader.Execute()
     except RuntimeError as error:
         raise InputError(path, f"{failure} ({sitk_reason(error)})") from None
 
 
 def read_case_label(entry: CaseEntry, header_only: bool = False) -> sitk.Image | sitk.ImageFileReader:
-    """The entry's label image (or, with ``header_only``, a reader holding its header)."""
+    """The entry's label image (or, with ``header_only``, a reader holding its header).
+
+    Refused as the engine refuses an image: unreadable, truncated, complex-valued, not
+    3D, with several components per voxel, or (NIfTI, float) NaN or infinite values;
+    errors name the case and the file."""
+    from LiverVolumetryLib.imageio import _check_layout, _execute, _file_reader, image_suffix
+    from LiverVolumetryLib.niftifile import check_nifti_finite
+
     if not entry.label.is_file():
         what = "not found" if not entry.label.exists() else "is not a file"
         raise InputError(entry.label, f"case {entry.case}: label file {what}")
-    return read_file(entry.label, f"case {entry.case}: label cannot be read", header_only)
+    try:
+        reader = _file_reader(entry.label)
+        _check_layout(entry.label, reader.GetDimension(), reader.GetSize(), 1)
+        if reader.GetNumberOfComponents() != 1:
+            raise InputError(entry.label, f"has {reader.GetNumberOfComponents()} components per voxel; "
+                                          "a scalar label map is needed")
+        if header_only:
+            return reader
+        if image_suffix(entry.label) in (".nii", ".nii.gz"):
+            check_nifti_finite(entry.label)  # ITK reads NaN as 0
+        return _execute(reader, entry.label)
+    except InputError as error:
+        raise InputError(entry.label, f"case {entry.case}: label {error.cause}") from None
 
 
 def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:
-    """Binary uint8 mask of the voxels holding the entry's liver value; refuses an empty one."""
+    """Binary uint8 mask of the voxels holding the entry's liver value; refuses an empty
+    one and NaN or infinite label values."""
+    values = sitk.GetArrayViewFromImage(label)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        raise InputError(entry.label, f"case {entry.case}: label has {bad} voxel(s) with NaN or infinite values")
     liver = sitk.Cast(sitk.Equal(sitk.Cast(label, sitk.sitkInt32), entry.liver_label), sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(liver).any():
         raise InputError(entry.label, f"case {entry.case}: no voxel has the liver label {entry.liver_label}")

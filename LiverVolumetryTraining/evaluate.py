@@ -11,7 +11,8 @@ Against the case's reference mask, on the native image grid:
 * radiomics (optional): the engine's pyradiomics features (same YAML settings as the
   engine, :func:`LiverVolumetryLib.measure.measure`) on the automated and on the
   reference mask; the ICC(2,1) of each feature over all cases;
-* groups: with exactly two distinct case groups, a two-sided Mann–Whitney U test of Dice;
+* groups: with exactly two distinct case groups, a two-sided Mann–Whitney U test of Dice
+  (cases without a group are left out of it);
 * the engine's plausibility warnings on each automated mask (and, when the engine segments
   the case here, its network-uncertainty warning), to show which failures a user would have
   been warned of.
@@ -237,9 +238,12 @@ def summarize(result: EvaluationResult) -> None:
         undefined = [f.feature for f in result.feature_iccs if not math.isfinite(f.icc)]
         if undefined:
             notes.append(f"ICC undefined (no variation) for {len(undefined)} feature(s): {', '.join(undefined)}")
-    groups = sorted({c.group for c in cases})
+    grouped = [c for c in cases if c.group]  # a case without a group belongs to none of them
+    groups = sorted({c.group for c in grouped})
+    if groups and len(grouped) < len(cases):
+        notes.append(f"{len(cases) - len(grouped)} case(s) without a group are left out of the group comparison")
     if len(groups) == 2:
-        result.mann_whitney = mann_whitney([c.dice for c in cases], [c.group for c in cases])
+        result.mann_whitney = mann_whitney([c.dice for c in grouped], [c.group for c in grouped])
     elif len(groups) > 2:
         notes.append(f"Mann-Whitney U not computed: {len(groups)} groups ({', '.join(map(repr, groups))}); "
                      "it compares exactly two")

@@ -3,7 +3,8 @@
 * ``cases.csv``: one row per case: Dice, HD95 (mm), ASSD (mm), automated and reference
   volume and their difference (mL), group, source of the automated mask, seconds, and the
   engine's plausibility warnings on the automated mask.
-* ``radiomics_icc.csv`` (with radiomics): feature, ICC(2,1), its 95 % CI and case count.
+* ``radiomics_icc.csv`` (with radiomics; without, an earlier run's is removed): feature,
+  ICC(2,1), its 95 % CI and case count.
 * ``summary.json``: the aggregate figures (NaN written as null).
 * ``report.md``: the human-readable report.
 * ``bland_altman.png`` and ``dice.png``: small plots (matplotlib, Agg backend).
@@ -25,6 +26,8 @@ from .evaluate import ICC_THRESHOLD, EvaluationResult, mean_sd
 
 CASE_COLUMNS = ("case", "group", "dice", "hd95_mm", "assd_mm", "volume_auto_ml", "volume_ref_ml", "volume_diff_ml",
                 "trained_on", "source", "seconds", "warnings")
+#: Why a case has no HD95/ASSD (the reference mask is never empty: such cases are refused).
+EMPTY_MASK = "left out: empty automated mask"
 DEFINITIONS = (
     "Dice, HD95 and ASSD are computed on each image's native grid, in physical mm. Surface voxels have a face "
     "neighbour outside the mask. HD95 = max of the two directed 95th percentiles of surface distances; ASSD = "
@@ -113,10 +116,11 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _mean_sd_text(values: list[float], digits: int) -> str:
+def _mean_sd_text(values: list[float], digits: int, why: str = "undefined") -> str:
+    """'mean ± SD', with the count it covers when some values are undefined (NaN)."""
     mean, sd, n = mean_sd(values)
     undefined = len(values) - n
-    extra = f" ({undefined} undefined)" if undefined else ""
+    extra = f" (n = {n} of {len(values)}; {undefined} {why})" if undefined else ""
     return f"{_fmt(mean, digits)} ± {_fmt(sd, digits)}{extra}"
 
 
@@ -136,8 +140,8 @@ def report_markdown(result: EvaluationResult) -> str:
                      f"{c.volume_auto_ml:.1f} | {c.volume_ref_ml:.1f} | {c.volume_diff_ml:+.1f} |")
     lines += ["", "## Segmentation (mean ± SD)", "",
               f"- Dice: {_mean_sd_text([c.dice for c in cases], 4)}",
-              f"- HD95: {_mean_sd_text([c.hd95_mm for c in cases], 2)} mm",
-              f"- ASSD: {_mean_sd_text([c.assd_mm for c in cases], 2)} mm", "", "## Volumetry", ""]
+              f"- HD95: {_mean_sd_text([c.hd95_mm for c in cases], 2, EMPTY_MASK)} mm",
+              f"- ASSD: {_mean_sd_text([c.assd_mm for c in cases], 2, EMPTY_MASK)} mm", "", "## Volumetry", ""]
     icc, ba = result.volume_icc, result.volume_agreement
     lines.append(f"- Volume ICC: {_fmt(icc.icc, 4)} (95 % CI {_fmt(icc.ci95_low, 3)} to {_fmt(icc.ci95_high, 3)}, "
                  f"n = {icc.n}); {ICC_FORM}" if icc else "- Volume ICC: not computed (too few cases)")
@@ -214,6 +218,8 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> list[Path]:
         texts["radiomics_icc.csv"] = radiomics_csv(result)
     texts["summary.json"] = json.dumps(summary(result), indent=1, ensure_ascii=False) + "\n"
     texts["report.md"] = report_markdown(result)
+    if not result.radiomics:
+        (out_dir / "radiomics_icc.csv").unlink(missing_ok=True)  # an earlier run's would not match this report
     files = []
     for name, text in texts.items():
         write_text_atomic(out_dir / name, text)

@@ -43,7 +43,7 @@ from LiverVolumetryLib.errors import InputError
 from LiverVolumetryLib.imageio import image_suffix
 
 from .converters import ConversionOutput, Log, _quiet, compact_image
-from .dataset import CaseEntry, _natural_key, grids_match, read_case_image, read_case_label, read_file
+from .dataset import CaseEntry, _natural_key, grids_match, liver_mask, read_case_image, read_case_label, read_file
 
 GROUP = "liverhccseg"
 LABEL_WORDS = {"seg", "segmentation", "mask", "label", "labels", "gt"}
@@ -159,20 +159,21 @@ def convert_patient(patient: Path, case: str, liver_label: int, rater: str, outp
         return None
     label_path, image_path = choose_label(patient, labels, rater), choose_image(patient, images)
     entry = CaseEntry(case, image_path, label_path, liver_label, GROUP)
-    label_header = read_case_label(entry, header_only=True)
+    label = read_case_label(entry)
+    liver_mask(entry, label)  # refuses a label without the liver value, as check and train would
     if image_path.is_file():
         header = read_file(image_path, f"case {case}: image cannot be read", header_only=True)
-        if grids_match(header, label_header):
+        if grids_match(header, label):
             log(f"{case}: {image_path.relative_to(patient)} + {label_path.relative_to(patient)} (in place)")
             return entry
     image = read_case_image(entry)
     if image_path.is_dir():
         image_path = output.write_image(compact_image(image), f"{case}_image.nii.gz")
-    if grids_match(image, label_header):
+    if grids_match(image, label):
         new_label = label_path
     else:
         log(f"{case}: resampling {label_path.name} onto the grid of the image")
-        label = resample_label(read_case_label(entry), liver_label, image, case, label_path)
+        label = resample_label(label, liver_label, image, case, label_path)
         new_label, liver_label = output.write_image(label, f"{case}_label.nii.gz"), 1
     log(f"{case}: {entry.image.relative_to(patient)} + {label_path.relative_to(patient)}")
     return CaseEntry(case, image_path, new_label, liver_label, GROUP)

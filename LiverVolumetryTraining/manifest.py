@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import SimpleITK as sitk
 
 from LiverVolumetryLib.atomic import write_text_atomic
 from LiverVolumetryLib.dicom import sitk_reason
-from LiverVolumetryLib.errors import InputError
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 
 from .dataset import (CaseEntry, _strip, grid_difference, grids_match, liver_mask, load_entry, read_case_image,
                       read_case_label)
@@ -74,9 +75,9 @@ def _entry(path: Path, where: str, row: dict) -> CaseEntry:
     value = row.get("liver_label")
     try:
         number = 1 if value in (None, "") else float(value)
-        if number != int(number) or isinstance(value, bool):
+        if isinstance(value, bool) or not math.isfinite(number) or number != int(number):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(path, f"{where}: liver_label {value!r} is not a whole number") from None
     image_path, label_path = ((path.parent / os.path.expanduser(p)).resolve() for p in (image, label))
     case = str(row.get("case") or "").strip() or _strip(image_path.name)
@@ -160,16 +161,30 @@ def check_entry(entry: CaseEntry, full: bool = True) -> None:
     liver_mask(entry, label)
 
 
-def check_entries(entries: Iterable[CaseEntry], full: bool = True) -> list[str]:
-    """Every problem of ``entries``, one line each naming the case and the file: duplicated
-    case names, then, per case, the first problem :func:`check_entry` finds."""
-    entries = list(entries)
+def duplicate_problems(entries: Iterable[CaseEntry]) -> list[str]:
+    """One line per entry whose case name an earlier entry already uses."""
     problems, first_use = [], {}
     for entry in entries:
         if entry.case in first_use:
             problems.append(str(InputError(entry.image, f"case {entry.case}: duplicated case name "
                                                         f"(also used for {first_use[entry.case]})")))
         first_use.setdefault(entry.case, entry.image)
+    return problems
+
+
+def refuse_duplicates(entries: Iterable[CaseEntry]) -> None:
+    """Raise the first of :func:`duplicate_problems` (and how many more) as one line."""
+    problems = duplicate_problems(entries)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise LiverVolumetryError(problems[0] + more)
+
+
+def check_entries(entries: Iterable[CaseEntry], full: bool = True) -> list[str]:
+    """Every problem of ``entries``, one line each naming the case and the file: duplicated
+    case names, then, per case, the first problem :func:`check_entry` finds."""
+    entries = list(entries)
+    problems = duplicate_problems(entries)
     for entry in entries:
         try:
             check_entry(entry, full=full)
