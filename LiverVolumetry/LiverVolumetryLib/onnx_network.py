@@ -44,7 +44,7 @@ def export_onnx(network, multiple: int) -> bytes | None:
 
     size = 2 * multiple
     sample = torch.linspace(-1, 1, size**3).reshape(1, 1, size, size, size)
-    axes = {2: "x", 3: "y", 4: "z"}
+    axes = {0: "windows", 2: "x", 3: "y", 4: "z"}
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
@@ -79,9 +79,14 @@ class OnnxNetwork:
         options.inter_op_num_threads = 1
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        # Graphs exported before the batch axis was made free take one window at a time.
+        self.one_at_a_time = self.session.get_inputs()[0].shape[0] == 1
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.one_at_a_time and batch.shape[0] > 1:
+            return np.concatenate([self.logits(batch[i:i + 1]) for i in range(batch.shape[0])])
+        return self.session.run(None, {"image": batch})[0]
 
     def __call__(self, batch):
         import torch

@@ -92,3 +92,32 @@ def test_resolve_device_answers_cpu_without_pytorch_where_cuda_cannot_be(monkeyp
     if not torch.cuda.is_available():
         with pytest.raises(LiverVolumetryError, match="no CUDA GPU"):
             segment.resolve_device("gpu")
+
+
+def test_several_windows_per_batch_run_on_the_onnx_graph(tiny_bundle, tmp_path, monkeypatch):
+    """Bundles with sw_batch_size > 1 (volumetry-net uses 4): the graph was exported for one
+    window at a time and ONNX Runtime refused a batch of several."""
+    copy = tmp_path / "batched"
+    shutil.copytree(tiny_bundle, copy)
+    spec = json.loads((copy / "model.json").read_text(encoding="utf-8"))
+    spec["inference"].update(sw_batch_size=3, roi_size=[16, 16, 16])
+    (copy / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    image, _ = ellipsoid_image(size=(50, 42, 22), direction=rotation_direction((10, -5, 20)))
+    bundle = load_bundle(copy)
+    assert network_backend(bundle, "cpu") == "onnxruntime"
+    fast, _ = network_probability(image, bundle, "cpu")
+    monkeypatch.setenv(BACKEND_VARIABLE, "torch")
+    slow, _ = network_probability(image, bundle, "cpu")
+    assert np.abs(fast - slow).max() < 1e-4
+
+
+def test_a_graph_with_a_fixed_batch_of_one_runs_windows_in_turn():
+    """The bundled 2.0.0 graph was exported for one window at a time: batches are split."""
+    from LiverVolumetryLib.onnx_network import OnnxNetwork
+
+    network = OnnxNetwork(load_bundle().onnx_path, threads=1)
+    assert network.one_at_a_time
+    batch = np.random.default_rng(0).normal(size=(2, 1, 16, 16, 16)).astype(np.float32)
+    both = network.logits(batch)
+    assert both.shape == (2, 2, 16, 16, 16)
+    np.testing.assert_array_equal(both[1:], network.logits(batch[1:]))
