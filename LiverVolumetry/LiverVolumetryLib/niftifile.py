@@ -94,12 +94,16 @@ def check_nifti_complete(path: Path) -> None:
     try:
         with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
             layout = _nifti_layout(handle.read(544))
-        if layout is None:
-            return
-        end = layout[1]
+    except (EOFError, OSError, zlib.error):
+        raise InputError(path, "is truncated: it ends inside its header or first voxels (incomplete download or "
+                               "corrupt file)") from None
+    if layout is None:
+        return
+    end = layout[1]
+    try:
         size = _gzip_size(path, end) if compressed else path.stat().st_size
     except (EOFError, OSError, zlib.error):
-        size, end = 0, 1
+        size = 0
     if size < end:
         raise InputError(path, f"is truncated: {size} of its {end} bytes are present "
                                "(incomplete download or corrupt file)")

@@ -62,6 +62,12 @@ def bad_truncated_nifti(tmp_path, monkeypatch):
     return path, {}
 
 
+def bad_truncated_in_header(tmp_path, monkeypatch):
+    path = write_image(tmp_path, "stub.nii.gz", make_volume(dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:300])  # ITK still reads the header from these bytes
+    return path, {}
+
+
 def bad_truncated_nrrd(tmp_path, monkeypatch):
     path = tmp_path / "cut.nrrd"
     writer = sitk.ImageFileWriter()
@@ -155,6 +161,7 @@ BAD_INPUTS = [
     (bad_garbage_nifti, "cannot be read"),
     (bad_garbage_nrrd, "cannot be read"),
     (bad_truncated_nifti, "truncated"),
+    (bad_truncated_in_header, "truncated: it ends inside its header"),
     (bad_truncated_nrrd, "truncated"),
     (bad_suffix, "unsupported"),
     (bad_2d, "is 2d (size 32x32)"),
