@@ -6,8 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from LiverVolumetryLib.errors import LiverVolumetryError
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 from .recipes import RECIPES
+
+
+def _whole_number(least: int):
+    """An argparse type: a whole number of at least ``least`` (else a usage error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {least}, got {text!r}")
+        return value
+
+    return parse
+
+
+at_least_one, zero_or_more = _whole_number(1), _whole_number(0)
 
 
 def _entries(args) -> list:
@@ -32,18 +49,27 @@ def _split(entries: list, val_cases: str | None, val_count: int, seed: int) -> t
         if unknown:
             raise LiverVolumetryError(f"--val-cases names unknown cases: {', '.join(sorted(unknown))}")
     else:
+        if val_count >= len(entries):
+            raise LiverVolumetryError(f"--val-count {val_count} holds out every one of the {len(entries)} case(s): "
+                                      "at least one training case must remain")
         order = np.random.default_rng(seed).permutation(len(entries))
         names = [entries[i].case for i in order[:val_count]]
-    return [e for e in entries if e.case not in names], [e for e in entries if e.case in names]
+    train_entries = [e for e in entries if e.case not in names]
+    if not train_entries:
+        raise LiverVolumetryError("--val-cases names every case: at least one training case must remain")
+    return train_entries, [e for e in entries if e.case in names]
 
 
 def cmd_train(args) -> int:
     from .distributed import is_main_process
+    from .manifest import refuse_duplicates
     from .recipes import load_recipe
     from .train import train
 
     recipe = load_recipe(args.recipe)
-    train_entries, val_entries = _split(_entries(args), args.val_cases, args.val_count, args.seed)
+    entries = _entries(args)
+    refuse_duplicates(entries)  # the split goes by case name
+    train_entries, val_entries = _split(entries, args.val_cases, args.val_count, args.seed)
     if is_main_process():  # under torchrun, rank 0 speaks for all
         print(f"training on {[e.case for e in train_entries]}; validating on {[e.case for e in val_entries]}",
               flush=True)
@@ -77,7 +103,11 @@ def cmd_crossval(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    notes = Path(args.card_notes).read_text(encoding="utf-8") if args.card_notes else ""
+    try:
+        notes = Path(args.card_notes).read_text(encoding="utf-8") if args.card_notes else ""
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(args.card_notes, f"cannot read the card notes ({getattr(error, 'strerror', None) or error})") \
+            from None
     bundle = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.description,
                         overwrite=args.overwrite, log=lambda m: print(m, flush=True), card_notes=notes,
                         threshold=args.threshold, crossval=args.crossval, max_window_voxels=args.max_window_voxels,
@@ -130,13 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", default="liver-mri",
                    help=f"{', '.join(RECIPES)}, or a JSON file ({{\"base\": NAME, ...overrides}})")
     t.add_argument("--val-cases", help="comma-separated case names held out for validation")
-    t.add_argument("--val-count", type=int, default=3, help="held-out cases when --val-cases is not given")
-    t.add_argument("--iterations", type=int, help="optimiser steps (overrides the recipe's length)")
-    t.add_argument("--epochs", type=int, help="passes over the training volumes (epoch-based recipes)")
+    t.add_argument("--val-count", type=zero_or_more, default=3, help="held-out cases when --val-cases is not given")
+    t.add_argument("--iterations", type=at_least_one, help="optimiser steps (overrides the recipe's length)")
+    t.add_argument("--epochs", type=at_least_one, help="passes over the training volumes (epoch-based recipes)")
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--phantoms", type=int, help="synthetic phantoms added to training (contrasts: the recipe's phantom_contrasts)")
-    t.add_argument("--validate-every", type=int, default=250)
+    t.add_argument("--phantoms", type=zero_or_more,
+                   help="synthetic phantoms added to training (contrasts: the recipe's phantom_contrasts)")
+    t.add_argument("--validate-every", type=at_least_one, default=250)
     t.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init-from", metavar="BUNDLE", help="start from this model bundle's weights (fine-tuning); "
@@ -169,10 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--folds", help='explicit folds, e.g. "1,8,15;3,10,19;5,13" (instead of -k)')
     x.add_argument("--thresholds", help="candidate probability thresholds, e.g. 0.4,0.5,0.6,0.7 (default 0.5); "
                                         "each case uses the one chosen on the other folds")
-    x.add_argument("--iterations", type=int, help="optimiser steps per fold (overrides the recipe's length)")
-    x.add_argument("--epochs", type=int, help="passes over the training volumes (epoch-based recipes)")
-    x.add_argument("--phantoms", type=int, help="synthetic phantoms added to each fold's training")
-    x.add_argument("--validate-every", type=int, default=500)
+    x.add_argument("--iterations", type=at_least_one, help="optimiser steps per fold (overrides the recipe's length)")
+    x.add_argument("--epochs", type=at_least_one, help="passes over the training volumes (epoch-based recipes)")
+    x.add_argument("--phantoms", type=zero_or_more, help="synthetic phantoms added to each fold's training")
+    x.add_argument("--validate-every", type=at_least_one, default=500)
     x.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--no-train", action="store_true", help="only segment and evaluate with existing fold runs")

@@ -1,21 +1,32 @@
 """Export a training run as an engine model bundle, with validation measured on the
-held-out cases through the engine's own full pipeline (native-grid Dice)."""
+held-out cases through the engine's own full pipeline (native-grid Dice).
+
+The bundle is built whole (weights, ``model.json`` with the validation figures, ONNX
+graph, ``MODEL.md``) in a hidden folder beside the destination and moved into place only
+when complete; with ``overwrite`` it then replaces the old bundle. A failure leaves the
+destination as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from LiverVolumetryLib.bundle import write_bundle
-from LiverVolumetryLib.errors import LiverVolumetryError
+from LiverVolumetryLib.atomic import _umask
+from LiverVolumetryLib.bundle import MODEL_JSON, load_bundle, write_bundle
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError, OutputError
 from LiverVolumetryLib.measure import dice
 from LiverVolumetryLib.segment import segment_liver
 
 from .dataset import CaseEntry, load_entry
-from .train import load_checkpoint
+from .run_folder import load_checkpoint, read_config
 
 
 def evaluate_bundle(bundle, entries: list[CaseEntry], log=print) -> dict:
@@ -67,8 +78,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
     cross-validation folder whose ``crossval.json`` is recorded in ``model.json`` and the
     model card.
     """
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    config = read_config(run_dir)
+    if checkpoint not in ("last", "best"):
+        raise LiverVolumetryError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
+    if checkpoint == "best" and not (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file():
+        raise InputError(run_dir / "best.pt", "checkpoint not found: the run has not validated yet (a run without "
+                                              "validation cases never does); use --checkpoint last")
     state = load_checkpoint(run_dir / f"{checkpoint}.pt")
     spec = bundle_spec(config, state, name, version, checkpoint, description)
     if threshold is not None:
@@ -85,18 +101,76 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         from .crossval import read_summary
 
         spec["cross_validation"] = read_summary(crossval)
-    bundle = write_bundle(out_dir, state["model"], spec, overwrite=overwrite)
-    val_entries = [CaseEntry(e["case"], Path(e["image"]), Path(e["label"]), e["liver_label"], e.get("group", ""))
-                   for e in config["validation"]]
-    if val_entries:
-        log(f"measuring validation Dice on {len(val_entries)} held-out cases (native grid) ...")
-        spec["validation"] = {"protocol": "held-out cases never used for training; engine pipeline; "
-                                          "Dice on the native image grid", **evaluate_bundle(bundle, val_entries, log)}
-        bundle = write_bundle(out_dir, state["model"], spec, overwrite=True)
-    if bundle.onnx_path is None:
-        log("no model.onnx written (needs the onnx and onnxruntime packages): the engine will run the network "
-            "with PyTorch, about 1.7x slower on CPU")
     from .model_card import write_model_card
 
-    write_model_card(out_dir, notes=card_notes)
-    return bundle
+    val_entries = [CaseEntry(e["case"], Path(e["image"]), Path(e["label"]), e["liver_label"], str(e.get("group", "")))
+                   for e in config["validation"]]
+    with _staged_bundle(out_dir, overwrite) as staging:
+        bundle = write_bundle(staging, state["model"], spec)
+        if val_entries:
+            log(f"measuring validation Dice on {len(val_entries)} held-out cases (native grid) ...")
+            figures = evaluate_bundle(bundle, val_entries, log)
+            spec["validation"] = {"protocol": "held-out cases never used for training; engine pipeline; "
+                                              "Dice on the native image grid", **figures}
+            bundle = write_bundle(staging, state["model"], spec, overwrite=True)
+        if bundle.onnx_path is None:
+            log("no model.onnx written (needs the onnx and onnxruntime packages): the engine will run the network "
+                "with PyTorch, about 1.7x slower on CPU")
+        write_model_card(staging, notes=card_notes)
+    return load_bundle(out_dir)
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a destination that exists (without ``overwrite``), or that is not a bundle
+    nor an empty folder (never replaced, even with ``overwrite``)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(out_dir, "exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise OutputError(out_dir, "already exists (use --overwrite to replace the bundle)")
+    if not (out_dir / MODEL_JSON).is_file():
+        raise OutputError(out_dir, f"is not a model bundle (no {MODEL_JSON}): it is not replaced; choose another -o")
+
+
+@contextlib.contextmanager
+def _staged_bundle(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden folder beside ``out_dir`` to build the bundle in; moved onto ``out_dir``
+    when the block finishes (the old bundle swapped out, then removed), removed on failure."""
+    _check_destination(out_dir, overwrite)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    except OSError as error:
+        raise OutputError(out_dir, f"cannot write here ({error.strerror or error})") from None
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes an owner-only folder
+        _move_into_place(staging, out_dir, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename ``staging`` to ``out_dir``; an old bundle there is renamed aside first (and
+    back if the rename fails), then removed."""
+    _check_destination(out_dir, overwrite)  # still as checked before the bundle was built
+    old = None
+    try:
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            os.replace(out_dir, old)
+        elif out_dir.is_dir():
+            out_dir.rmdir()
+        try:
+            os.replace(staging, out_dir)
+        except OSError:
+            if old is not None:
+                os.replace(old, out_dir)
+                old = None
+            raise
+    except OSError as error:
+        raise OutputError(out_dir, f"cannot move the new bundle into place ({error.strerror or error})") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -199,6 +199,70 @@ def expand_stages(recipe: dict) -> list[dict]:
     return out
 
 
+#: How each kind of JSON value is named in an error, by :func:`_kind`.
+_KIND_NAMES = {"boolean": "true or false", "whole number": "a whole number", "number": "a number", "text": "text",
+               "list": "a list", "object": "an object", "null": "null"}
+#: Kinds a field may take beyond those in the named recipes (augmentation: a name or probabilities).
+_EXTRA_KINDS = {"augmentation": {"object"}}
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "whole number"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "list" if isinstance(value, list) else "object" if isinstance(value, dict) else "null"
+
+
+def _field_kinds() -> dict[str, set[str]]:
+    """The kinds each field of the named recipes takes, by path ('optimizer.lr', 'patch_size[]')."""
+    kinds: dict[str, set[str]] = {key: set(extra) for key, extra in _EXTRA_KINDS.items()}
+
+    def walk(value, path: str) -> None:
+        kinds.setdefault(path, set()).add(_kind(value))
+        children = value.items() if isinstance(value, dict) else (("[]", v) for v in value) \
+            if isinstance(value, list) else ()
+        for key, child in children:
+            walk(child, path + key if key == "[]" else f"{path}.{key}")
+
+    for recipe in RECIPES.values():
+        for key, value in recipe.items():
+            if key != "stages":
+                walk(value, key)
+    return kinds
+
+
+def check_recipe_types(recipe: dict, where: str | Path) -> None:
+    """Refuse a field (of the recipe or of a stage) whose value is of another kind than in
+    the named recipes, e.g. ``"lr": "x"``; the InputError names ``where`` and the field."""
+    kinds = _field_kinds()
+
+    def walk(value, path: str, shown: str) -> None:
+        expected = kinds.get(path)
+        kind = _kind(value)
+        if expected and kind not in expected and not (kind == "whole number" and "number" in expected):
+            wanted = " or ".join(_KIND_NAMES[k] for k in sorted(expected))
+            raise InputError(where, f"recipe key {shown!r} must be {wanted}, not {json.dumps(value)}")
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, f"{path}.{key}", f"{shown}.{key}")
+        elif isinstance(value, list):
+            for number, child in enumerate(value):
+                walk(child, f"{path}[]", f"{shown}[{number}]")
+
+    for key, value in recipe.items():
+        if key == "stages" and isinstance(value, list):
+            for number, stage in enumerate(value, start=1):
+                for field, child in (stage.items() if isinstance(stage, dict) else ()):
+                    walk(child, field, f"stages[{number}].{field}")
+        else:
+            walk(value, key, key)
+
+
 def load_recipe(name_or_path: str) -> dict:
     """A named recipe, or a JSON file (``{"base": NAME, ...overrides}``, or a full recipe)."""
     if name_or_path in RECIPES:
@@ -214,10 +278,13 @@ def load_recipe(name_or_path: str) -> dict:
         raise InputError(path, "a recipe file must hold a JSON object")
     base = spec.pop("base", None)
     if base is None:
-        return {"name": path.stem, **spec}
-    if base not in RECIPES:
+        recipe = {"name": path.stem, **spec}
+    elif base not in RECIPES:
         raise InputError(path, f"unknown base recipe {base!r} (known: {', '.join(RECIPES)})")
-    return _merge(get_recipe(base), {"name": f"{base}+{path.stem}", **spec})
+    else:
+        recipe = _merge(get_recipe(base), {"name": f"{base}+{path.stem}", **spec})
+    check_recipe_types(recipe, path)
+    return recipe
 
 
 def get_recipe(name: str) -> dict:

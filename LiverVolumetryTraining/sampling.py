@@ -37,10 +37,10 @@ def iterations_per_epoch(recipe: dict, train_count: int) -> int:
 def total_iterations(recipe: dict, train_count: int, iterations: int | None = None,
                      epochs: int | None = None) -> int:
     """Training steps: ``iterations`` if given, else ``epochs`` (or the recipe's) in steps."""
-    if iterations:
+    if iterations is not None:
         return int(iterations)
     epoch_based = "volumes_per_batch" in recipe
-    if epochs:
+    if epochs is not None:
         if not epoch_based:
             raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} counts iterations, not epochs: "
                                       "use --iterations")

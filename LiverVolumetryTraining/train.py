@@ -1,9 +1,8 @@
 """Training loop: patches from cached cases, validation on held-out cases, checkpoints.
 
 A run folder holds ``config.json`` (recipe + data + split), ``log.csv`` (optionally
-``tensorboard/``), and the checkpoints ``last.pt``/``best.pt`` (plain dicts of tensors and
-numbers: ``model``, ``optimizer``, ``iteration``, ``best_dice``; loaded with
-``weights_only=True``). Re-running the same command resumes from ``last.pt``.
+``tensorboard/``), and ``last.pt``/``best.pt`` (dicts of tensors, read with ``weights_only=True``).
+Re-running the same command resumes from ``last.pt`` (see ``run_folder.py``).
 
 One process, or several under torchrun (DistributedDataParallel, see ``distributed.py``):
 the recipe's per-step batch is split across the ranks; rank 0 alone validates and writes.
@@ -15,7 +14,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +27,9 @@ from LiverVolumetryLib.preprocess import Preprocessing
 from LiverVolumetryLib.segment import stride_product, window_roi
 
 from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
-from .distributed import DistContext, distributed_session, unwrap, wrap_model
+from .distributed import DistContext, distributed_session, is_main_process, unwrap, wrap_model
 from .recipes import expand_stages
+from .run_folder import check_resume, check_train_arguments, entry_dicts, load_checkpoint, remove_unstarted_run
 from .run_log import RunLog
 from .sampling import build_sampler, iterations_per_epoch, total_iterations
 
@@ -159,14 +158,6 @@ def _save_checkpoint(path: Path, network, optimizer, iteration: int, best: float
                        "iteration": iteration, "best_dice": best})
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _entry_dicts(entries: Sequence[CaseEntry]) -> list[dict]:
-    return [{**asdict(e), "image": str(e.image), "label": str(e.label)} for e in entries]
-
-
 def _learning_rate(recipe: dict, iteration: int, iterations: int) -> float:
     base = recipe["optimizer"]["lr"]
     if recipe.get("schedule") == "cosine":
@@ -201,26 +192,37 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
     ``init_from``: a model bundle whose weights start the run (fine-tuning, e.g. the
     bundled model on a hospital's own cases); its network must be the recipe's.
     Under torchrun every rank calls this; only rank 0 logs (``log``) and writes files.
+    A failure leaves a new run folder (absent or empty before) as it was, unless a
+    checkpoint was saved.
     """
-    if recipe.get("stages"):
-        if epochs:
-            raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} has stages: set each stage's length in "
-                                      "the recipe, or the total with --iterations")
-        stages = expand_stages(recipe)  # checks the stages before any work
-        counts = stage_iterations(stages, len(train_entries), iterations)
+    check_train_arguments(train_entries, val_entries, phantoms, iterations, epochs, validate_every)
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    fresh = created or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    try:
+        if recipe.get("stages"):
+            if epochs is not None:
+                raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} has stages: set each stage's length "
+                                          "in the recipe, or the total with --iterations")
+            stages = expand_stages(recipe)  # checks the stages before any work
+            counts = stage_iterations(stages, len(train_entries), iterations)
+            with distributed_session(device) as ctx:
+                return _train_stages(ctx, run_dir, recipe, stages, counts, list(train_entries), list(val_entries),
+                                     cache_dir, phantoms, validate_every, seed, log, progress, init_from)
         with distributed_session(device) as ctx:
-            return _train_stages(ctx, Path(run_dir), recipe, stages, counts, list(train_entries), list(val_entries),
-                                 cache_dir, phantoms, validate_every, seed, log, progress, init_from)
-    with distributed_session(device) as ctx:
-        return _train(ctx, Path(run_dir), recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
-                      total_iterations(recipe, len(train_entries), iterations, epochs), validate_every, seed,
-                      log, progress, init_from)
+            return _train(ctx, run_dir, recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
+                          total_iterations(recipe, len(train_entries), iterations, epochs), validate_every, seed,
+                          log, progress, init_from)
+    except Exception:
+        if fresh and is_main_process():
+            remove_unstarted_run(run_dir, created)
+        raise
 
 
 def stage_iterations(stages: list[dict], train_count: int, iterations: int | None = None) -> list[int]:
     """Each stage's length; ``iterations`` (a total) shares the recipe's proportions."""
     counts = [total_iterations(stage, train_count) for stage in stages]
-    if not iterations:
+    if iterations is None:
         return counts
     if iterations < len(stages):
         raise LiverVolumetryError(f"{iterations} iteration(s) cannot be shared among {len(stages)} stages")
@@ -236,6 +238,11 @@ def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[di
     last weights; ``RUN/config.json`` and ``RUN/last.pt`` are then the final stage's, so
     that export and cross-validation treat the whole as one run."""
     say = log if ctx.is_main else (lambda message: None)
+    phantom_count = [stage.get("phantom_count", 40) if phantoms is None else phantoms for stage in stages]
+    whole = {**stages[-1], "name": recipe.get("name", "liver-mri"), "stages": recipe["stages"]}  # RUN's record
+    check_resume(run_dir, whole, train_entries, val_entries, phantom_count[-1])
+    for k, stage in enumerate(stages):  # a finished stage is not trained again: check them all first
+        check_resume(run_dir / f"stage{k}", stage, train_entries, val_entries, phantom_count[k])
     previous = None
     for k, (stage, count) in enumerate(zip(stages, counts)):
         stage_dir = run_dir / f"stage{k}"
@@ -250,7 +257,7 @@ def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[di
     if ctx.is_main:
         config = json.loads((previous.parent / "config.json").read_text(encoding="utf-8"))
         first = json.loads((run_dir / "stage0" / "config.json").read_text(encoding="utf-8"))
-        config["recipe"] = {**config["recipe"], "name": recipe.get("name", "liver-mri"), "stages": recipe["stages"]}
+        config["recipe"] = {**config["recipe"], "name": whole["name"], "stages": whole["stages"]}
         config.update(iterations=sum(counts), stage_iterations=counts, seed=seed)
         config.pop("init_from", None)
         if first.get("init_from"):
@@ -287,18 +294,13 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
            init_checkpoint: Path | None = None) -> Path:
     say = log if ctx.is_main else (lambda message: None)
     start_bundle = load_bundle(init_from) if init_from is not None else None  # checks its SHA-256 early
+    phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
+    recorded = check_resume(run_dir, recipe, train_entries, val_entries, phantoms)  # before any work
     amp = autocast_dtype(recipe.get("precision"), ctx.device)
     if recipe.get("precision", "fp32") != precision_name(amp):
         say(f"no fast bfloat16 on {ctx.device}: training in float32")
-    phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
     prep = Preprocessing.from_dict(recipe["preprocessing"])
     per_epoch = iterations_per_epoch(recipe, len(train_entries)) if "volumes_per_batch" in recipe else None
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = {"recipe": recipe, "iterations": iterations, "phantoms": phantoms, "seed": seed,
-                  "iterations_per_epoch": per_epoch, "world_size": ctx.world_size, "device": str(ctx.device),
-                  "train": _entry_dicts(train_entries), "validation": _entry_dicts(val_entries)}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     torch.manual_seed(seed)
     say(f"preprocessing {len(train_entries)} training and {len(val_entries)} validation cases ...")
@@ -311,13 +313,19 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     recipe = _with_organ_classes(recipe, train_cases + phantom_cases)
     if start_bundle is not None:
         _check_same_network(start_bundle, recipe)
-    if ctx.is_main:
-        config["recipe"] = recipe
-        config["precision"] = precision_name(amp)
-        if start_bundle is not None:
+    if ctx.is_main:  # every input checked: only now is the run's record (re)written
+        config = {"recipe": recipe, "iterations": iterations, "phantoms": phantoms, "seed": seed,
+                  "iterations_per_epoch": per_epoch, "world_size": ctx.world_size, "device": str(ctx.device),
+                  "train": entry_dicts(train_entries), "validation": entry_dicts(val_entries),
+                  "precision": precision_name(amp)}
+        if recorded is not None:  # resumed: the weights started where the recorded run started
+            if recorded.get("init_from"):
+                config["init_from"] = recorded["init_from"]
+        elif start_bundle is not None:
             config["init_from"] = {"name": start_bundle.name, "version": start_bundle.version,
                                    "sha256": start_bundle.sha256}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.json", json.dumps(config, indent=2))
 
     network = build_network(recipe)
     if ctx.rank:
