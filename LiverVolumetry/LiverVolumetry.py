@@ -145,6 +145,8 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         busy = self.logic.busy
         volume, segmentation = (node.inputVolume, node.outputSegmentation) if node else (None, None)
+        if segmentation_io.made_for_another_volume(segmentation, volume):  # the input changed: new output
+            node.outputSegmentation = segmentation = None
         hasLiver = bool(volume and segmentation and segmentation_io.liver_segment_id(segmentation))
         self.ui.segmentButton.enabled = busy or bool(volume)
         self.ui.segmentButton.text = "Cancel" if busy else "Segment liver"
@@ -205,23 +207,21 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not dependencies.ensure(node.computeRadiomics):
             return
         segmentation = node.outputSegmentation
-        if segmentation is None:
-            segmentation = self.logic.createSegmentation(volume)
-        elif segmentation_io.was_edited(segmentation, volume) and not slicer.util.confirmYesNoDisplay(
-                f"The 'Liver' segment of '{segmentation.GetName()}' was edited (or not made by this module).\n\n"
-                "Replace it with a new automatic segmentation?\n\n"
-                "Yes: replace it.  No: keep it and put the new result into a new segmentation.",
-                windowTitle="Keep the edited liver?"):
-            segmentation = self.logic.createSegmentation(volume)
-        node.outputSegmentation = segmentation
+        if segmentation is not None and not segmentation_io.may_replace_liver(segmentation, volume):
+            segmentation = None  # a new one, made when the results arrive
         self._started(f"Segmenting the liver of '{volume.GetName()}'...")
         self.logic.startSegmentation(volume, segmentation, node.device, modelDir, node.computeRadiomics,
-                                     onProgress=self._onProgress, onLog=self._log, onDone=self._onDone)
+                                     onProgress=self._onProgress, onLog=self._log, onDone=self._onSegmented)
+
+    def _onSegmented(self, success: bool, message: str, cancelled: bool) -> None:
+        if success and self._parameterNode:
+            self._parameterNode.outputSegmentation = self.logic.outputSegmentation
+        self._onDone(success, message, cancelled)
 
     def onUpdateMeasurementsButton(self) -> None:
         def start():
             node = self._parameterNode
-            if not dependencies.ensure(node.computeRadiomics):
+            if not dependencies.ensure(node.computeRadiomics, torch=False):  # no network: no PyTorch
                 return
             self._started("Measuring the current liver segment...")
             self.logic.startMeasurement(node.inputVolume, node.outputSegmentation, node.computeRadiomics,
@@ -245,7 +245,7 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadPhantomButton(self) -> None:
         def load():
-            if dependencies.ensure(radiomics=False, torch=False):  # the phantom needs scipy
+            if dependencies.ensure(radiomics=False, torch=False):  # the phantom needs scipy, not PyTorch
                 self._parameterNode.inputVolume = sample.load_phantom()
         self._runSafely("Loading the sample phantom", load)
 
@@ -285,6 +285,7 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.process: Optional[EngineProcess] = None
+        self.outputSegmentation = None  # of the last segmentation run
 
     def getParameterNode(self):
         return LiverVolumetryParameterNode(super().getParameterNode())
@@ -308,18 +309,19 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
             return f"Model not usable: {error}"
         return f"Model: {bundle.name} {bundle.version}"
 
-    def createSegmentation(self, volume):
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} liver")
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        segmentation.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # moves with the volume
-        return segmentation
+    createSegmentation = staticmethod(segmentation_io.create_segmentation)
 
     def startSegmentation(self, volume, segmentation, device="auto", modelDir=None, radiomics=True,
                           onProgress=None, onLog=None, onDone=None) -> EngineProcess:
-        """Segment ``volume`` in the background; the 'Liver' segment and table update at the end."""
-        self.process = jobs.start_segmentation(volume, segmentation, device, modelDir, radiomics,
-                                               onProgress, onLog, onDone)
+        """Segment ``volume`` in the background; the 'Liver' segment and table update at the end.
+        With ``segmentation`` None a new one is made only then (``outputSegmentation``)."""
+        self.outputSegmentation = segmentation
+
+        def newSegmentation():
+            self.outputSegmentation = self.createSegmentation(volume)
+            return self.outputSegmentation
+        self.process = jobs.start_segmentation(volume, segmentation, device, modelDir, radiomics, onProgress, onLog,
+                                               onDone, newSegmentation)
         return self.process
 
     def startMeasurement(self, volume, segmentation, radiomics=True, onProgress=None, onLog=None,

@@ -34,9 +34,15 @@ class DependencyError(RuntimeError):
     """A package is missing and could not be installed; the message says how to fix it."""
 
 
-def missing(radiomics: bool = True) -> list[tuple[str, str]]:
-    """Requirements whose package cannot be imported (checked without importing it)."""
-    wanted = list(REQUIREMENTS) + ([RADIOMICS] if radiomics else [])
+#: Packages that need PyTorch: installing them without it would make pip pull a generic torch
+#: wheel instead of the build PyTorchUtils picks for the computer's GPU driver.
+NEEDS_TORCH = {"monai"}
+
+
+def missing(radiomics: bool = True, torch: bool = True) -> list[tuple[str, str]]:
+    """Requirements whose package cannot be imported (checked without importing it); with
+    ``torch=False``, those needing PyTorch are left out."""
+    wanted = [r for r in REQUIREMENTS if torch or r[0] not in NEEDS_TORCH] + ([RADIOMICS] if radiomics else [])
     return [(name, requirement) for name, requirement in wanted if importlib.util.find_spec(name) is None]
 
 
@@ -88,6 +94,7 @@ def _install_packages(requirements: list[tuple[str, str]]) -> None:
 
 def ensure(radiomics: bool = True, torch: bool = True) -> bool:
     """Make sure torch (if ``torch``) and the engine's packages are importable; ask first.
+    ``torch=False`` (the phantom, re-measuring a mask) installs nothing that needs PyTorch.
 
     Returns False if the user declined; raises :class:`DependencyError` on failure.
     """
@@ -95,7 +102,7 @@ def ensure(radiomics: bool = True, torch: bool = True) -> bool:
 
     if torch and torch_missing():
         _install_torch()
-    needed = missing(radiomics)
+    needed = missing(radiomics, torch)
     if not needed:
         return True
     names = ", ".join(requirement for _, requirement in needed)
@@ -107,7 +114,7 @@ def ensure(radiomics: bool = True, torch: bool = True) -> bool:
         return False
     with slicer.util.WaitCursor():
         _install_packages(needed)
-    still = missing(radiomics)
+    still = missing(radiomics, torch)
     if still:
         raise DependencyError(
             "These packages are still missing after installation: "

@@ -140,7 +140,8 @@ def segment_arguments(input_path: str | Path, output_dir: str | Path, device: st
 def measure_arguments(image_path: str | Path, mask_path: str | Path, output_dir: str | Path,
                       case: str, radiomics: bool = True) -> list[str]:
     """Arguments of ``LiverVolumetryLib.cli measure`` (recompute from a corrected mask)."""
-    args = ["measure", str(image_path), str(mask_path), "-o", str(output_dir), "--overwrite", "--case", case]
+    args = ["measure", str(image_path), str(mask_path), "-o", str(output_dir), "--overwrite", "--case", case,
+            "--progress", "json"]
     if not radiomics:
         args.append("--no-radiomics")
     return args

@@ -48,9 +48,21 @@ def show_measurements(segmentation, volume, row: dict, source: str) -> str:
     return engine_cli.result_summary(row, source)
 
 
+def _require_in_scene(*nodes) -> None:
+    """Refuse to bring results into nodes that were removed from the scene during the run."""
+    for node in nodes:
+        if node is not None and not slicer.mrmlScene.IsNodePresent(node):
+            raise RuntimeError(f"'{node.GetName()}' was removed from the scene during the run; nothing was imported.")
+
+
 def start_segmentation(volume, segmentation, device: str = "auto", model_dir: str | None = None,
-                       radiomics: bool = True, on_progress=None, on_log=None, on_done=None) -> EngineProcess:
-    """Segment ``volume``; at the end the 'Liver' segment and the table are replaced."""
+                       radiomics: bool = True, on_progress=None, on_log=None, on_done=None,
+                       new_segmentation: Callable[[], object] | None = None) -> EngineProcess:
+    """Segment ``volume``; at the end the 'Liver' segment and the table are replaced. With
+    ``segmentation`` None, ``new_segmentation()`` makes the output only once the results are
+    in, so that a cancelled or failed run leaves the scene as it was."""
+    if segmentation is None and new_segmentation is None:
+        raise ValueError("give the output segmentation or a way to make one")
     work_dir, case = _work_folder(volume)
     image, out_dir = work_dir / f"{case}.nrrd", work_dir / "out"
     with _removed_on_error(work_dir):
@@ -58,7 +70,10 @@ def start_segmentation(volume, segmentation, device: str = "auto", model_dir: st
         arguments = engine_cli.segment_arguments(image, out_dir, device, model_dir, radiomics)
 
     def import_results() -> str:
+        nonlocal segmentation
+        _require_in_scene(volume, segmentation)
         row = engine_cli.read_case_row(out_dir, case)
+        segmentation = segmentation or new_segmentation()
         segmentation_io.import_liver_mask(engine_cli.mask_path(out_dir, case), segmentation, volume)
         segmentation_io.set_provenance(segmentation, {key: row.get(key) for key in AUTOMATIC_PROVENANCE})
         segmentation_io.place_under_study(segmentation, volume)
@@ -78,6 +93,7 @@ def start_measurement(volume, segmentation, radiomics: bool = True, on_progress=
     source = "edited" if segmentation_io.was_edited(segmentation, volume) else "automatic"
 
     def import_results() -> str:
+        _require_in_scene(volume, segmentation)
         return show_measurements(segmentation, volume, engine_cli.read_case_row(out_dir, case), source)
 
     if on_progress:

@@ -20,6 +20,7 @@ from .engine_cli import labelmap_checksum
 
 LIVER_COLOR = tuple(channel / 255.0 for channel in LIVER_COLOR_RGB)
 CHECKSUM_ATTRIBUTE = "LiverVolumetry.LiverChecksum"
+INPUT_ATTRIBUTE = "LiverVolumetry.InputVolumeID"  # the volume whose liver the module wrote here
 MODEL_ATTRIBUTE_PREFIX = "LiverVolumetry."
 
 
@@ -53,6 +54,23 @@ def _ensure_liver_segment(segmentation_node) -> str:
     return segment_id
 
 
+def create_segmentation(volume_node):
+    """A new segmentation '<volume> liver' on the volume's geometry, under its transform."""
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume_node.GetName()} liver")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    segmentation.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())  # moves with the volume
+    segmentation.SetAttribute(INPUT_ATTRIBUTE, volume_node.GetID())
+    return segmentation
+
+
+def made_for_another_volume(segmentation_node, volume_node) -> bool:
+    """True if the module wrote this segmentation's liver for a volume other than ``volume_node``
+    (it is then not that volume's output: segmenting into it would overwrite the other liver)."""
+    made_for = segmentation_node.GetAttribute(INPUT_ATTRIBUTE) if segmentation_node else None
+    return bool(made_for and volume_node and made_for != volume_node.GetID())
+
+
 def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume) -> str:
     """Replace the 'Liver' segment by the engine's mask file; return the segment ID."""
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
@@ -74,6 +92,7 @@ def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume
     finally:
         slicer.mrmlScene.RemoveNode(labelmap)
     _style_liver_segment(segmentation_node, segment_id)
+    segmentation_node.SetAttribute(INPUT_ATTRIBUTE, reference_volume.GetID())
     segmentation_node.CreateClosedSurfaceRepresentation()
     remember_written_segment(segmentation_node, reference_volume)
     return segment_id
@@ -103,6 +122,17 @@ def was_edited(segmentation_node, reference_volume) -> bool:
         return False
     stored = segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE)
     return not stored or stored != segment_checksum(segmentation_node, reference_volume)
+
+
+def may_replace_liver(segmentation_node, reference_volume) -> bool:
+    """True unless the 'Liver' segment was edited and the user chooses to keep it (asked)."""
+    if not was_edited(segmentation_node, reference_volume):
+        return True
+    return slicer.util.confirmYesNoDisplay(
+        f"The 'Liver' segment of '{segmentation_node.GetName()}' was edited (or not made by this module).\n\n"
+        "Replace it with a new automatic segmentation?\n\n"
+        "Yes: replace it.  No: keep it and put the new result into a new segmentation.",
+        windowTitle="Keep the edited liver?")
 
 
 def set_provenance(segmentation_node, values: dict) -> None:

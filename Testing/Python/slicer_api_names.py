@@ -114,6 +114,7 @@ MRML_METHODS = {
     "GetTransformNodeID": TRANSFORMABLE_NODE_H,
     "GetTerminologyEntryTagName": SEGMENT_H,
     "GetValue": UTIL + " (dataframeFromTable, vtkAbstractArray)",
+    "IsNodePresent": "Libs/MRML/Core/vtkMRMLScene.h",
     "ImportLabelmapToSegmentationNode": SEGMENTATIONS_LOGIC_H + " (labelmap, segmentation, vtkStringArray)",
     "InsertNextValue": UTIL + " (vtkStringArray of segment IDs)",
     "IsA": "Modules/Scripted/SampleData/SampleData.py",

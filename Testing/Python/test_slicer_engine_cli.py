@@ -82,7 +82,8 @@ def test_segment_arguments_default_and_options():
 
 def test_measure_arguments():
     args = engine_cli.measure_arguments("c.nrrd", "m.nrrd", "out", "c", radiomics=False)
-    assert args == ["measure", "c.nrrd", "m.nrrd", "-o", "out", "--overwrite", "--case", "c", "--no-radiomics"]
+    assert args == ["measure", "c.nrrd", "m.nrrd", "-o", "out", "--overwrite", "--case", "c", "--progress", "json",
+                    "--no-radiomics"]
 
 
 # --------------------------------------------------------------------------- results

@@ -359,3 +359,11 @@ def test_dependency_list_covers_the_engine_requirements():
 def test_missing_reports_an_absent_package(monkeypatch):
     monkeypatch.setattr(dependencies, "REQUIREMENTS", (("surely_not_a_module_xyz", "xyz>=1"), ("json", "json")))
     assert dependencies.missing(radiomics=False) == [("surely_not_a_module_xyz", "xyz>=1")]
+
+
+def test_without_torch_nothing_that_needs_torch_is_installed(monkeypatch):
+    """pip would pull a generic torch wheel for monai instead of PyTorchUtils' matching build."""
+    monkeypatch.setattr(dependencies, "REQUIREMENTS", (("monai", "monai>=1.3"), ("surely_not_xyz", "xyz>=1")))
+    monkeypatch.setattr(dependencies.importlib.util, "find_spec", lambda name: None)
+    assert [name for name, _ in dependencies.missing(radiomics=False, torch=False)] == ["surely_not_xyz"]
+    assert [name for name, _ in dependencies.missing(radiomics=False)] == ["monai", "surely_not_xyz"]

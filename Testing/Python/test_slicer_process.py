@@ -173,3 +173,84 @@ def test_import_failure_becomes_a_message(glue, monkeypatch):
     work_dir, done, _, _ = _job(glue, monkeypatch, _events_script(), broken_import)
     assert done == [(False, "The results could not be loaded: the results table has no row for case 'c'", False)]
     assert not work_dir.exists()
+
+
+class FakeNode:
+    def __init__(self, name):
+        self.name = name
+
+    def GetName(self):
+        return self.name
+
+
+@pytest.fixture
+def segmentation_job(glue, monkeypatch):
+    """start_segmentation with the scene and the file plumbing replaced by recorders."""
+    present, made, imported, done = set(), [], [], []
+    monkeypatch.setattr(glue.jobs.slicer, "mrmlScene", types.SimpleNamespace(IsNodePresent=lambda n: n in present),
+                        raising=False)
+    io = glue.jobs.segmentation_io
+    monkeypatch.setattr(io, "save_volume", lambda volume, path: Path(path).write_text("x"))
+    monkeypatch.setattr(io, "import_liver_mask", lambda mask, segmentation, volume: imported.append(segmentation))
+    monkeypatch.setattr(io, "set_provenance", lambda *a: None)
+    monkeypatch.setattr(io, "place_under_study", lambda *a: None)
+    monkeypatch.setattr(glue.jobs, "show_measurements", lambda *a: "Liver volume: 1.0 mL")
+    monkeypatch.setattr(glue.jobs.engine_cli, "read_case_row", lambda out_dir, case: {})
+
+    def new_segmentation():
+        made.append(FakeNode("new liver"))
+        present.add(made[-1])
+        return made[-1]
+
+    def run(code, segmentation=None, cancel=False, remove=()):
+        volume = FakeNode("scan")
+        present.update({volume, segmentation} - {None})
+        _script_process(glue, monkeypatch, code)
+        proc = glue.jobs.start_segmentation(volume, segmentation, "cpu", on_done=lambda *r: done.append(r),
+                                            new_segmentation=new_segmentation)
+        if cancel:
+            time.sleep(0.5)
+            proc.cancel()
+        present.difference_update({volume if r == "volume" else segmentation for r in remove})
+        proc.wait(60)
+        return volume
+
+    return types.SimpleNamespace(run=run, made=made, imported=imported, done=done)
+
+
+def test_a_new_output_segmentation_is_made_only_when_the_results_arrive(segmentation_job):
+    segmentation_job.run("import time\ntime.sleep(120)\n", cancel=True)
+    assert segmentation_job.done == [(False, "Cancelled.", True)] and segmentation_job.made == []
+    segmentation_job.run(_events_script())
+    assert segmentation_job.done[-1] == (True, "Liver volume: 1.0 mL", False)
+    assert segmentation_job.imported == segmentation_job.made and len(segmentation_job.made) == 1
+
+
+@pytest.mark.parametrize("removed", ["volume", "segmentation"])
+def test_results_are_not_brought_into_nodes_removed_during_the_run(segmentation_job, removed):
+    output = FakeNode("scan liver")
+    segmentation_job.run("import time\ntime.sleep(1)\n", segmentation=output, remove=[removed])
+    success, message, cancelled = segmentation_job.done[-1]
+    assert not success and not cancelled and "was removed from the scene during the run" in message
+    assert segmentation_job.imported == [] and segmentation_job.made == []
+
+
+def test_an_output_written_for_another_volume_is_not_this_volumes_output(glue):
+    io = glue.jobs.segmentation_io
+
+    class Node:
+        def __init__(self, node_id, made_for=None):
+            self.node_id, self.attributes = node_id, {io.INPUT_ATTRIBUTE: made_for} if made_for else {}
+
+        def GetID(self):
+            return self.node_id
+
+        def GetAttribute(self, name):
+            return self.attributes.get(name)
+
+    volume_a, volume_b = Node("vtkMRMLScalarVolumeNode1"), Node("vtkMRMLScalarVolumeNode2")
+    liver_a = Node("vtkMRMLSegmentationNode1", made_for=volume_a.GetID())
+    assert io.made_for_another_volume(liver_a, volume_b)
+    assert not io.made_for_another_volume(liver_a, volume_a)
+    assert not io.made_for_another_volume(Node("vtkMRMLSegmentationNode2"), volume_b)  # the user's own
+    assert not io.made_for_another_volume(None, volume_b) and not io.made_for_another_volume(liver_a, None)
