@@ -196,12 +196,12 @@ def _summary(oof: dict, folds: list[list[str]], thresholds: list[float], recipe:
                     "out (engine pipeline, native grid); the threshold of each case chosen on the other folds",
         "recipe": recipe.get("name"), "iterations": iterations, "folds": folds,
         "thresholds": thresholds, "threshold": choose_threshold(table),
-        "dice_mean_by_threshold": {str(t): round(float(np.mean(v)), 4) for t, v in table.items()},
+        "dice_mean_by_threshold": {str(t): round(float(np.mean(v)), 6) for t, v in table.items()},
         "dice_per_case": {c: {str(t): d for t, d in v.items()} for c, v in per_case.items()},
         "nested_threshold": nested,
         "unsure_fraction_per_case": oof["unsure_fraction"],
-        "dice_mean": round(float(np.mean(nested_dice)), 4),
-        "dice_sd": round(float(np.std(nested_dice, ddof=1)), 4) if len(nested_dice) > 1 else None,
+        "dice_mean": round(float(np.mean(nested_dice)), 6),
+        "dice_sd": round(float(np.std(nested_dice, ddof=1)), 6) if len(nested_dice) > 1 else None,
         "dice_min": round(float(np.min(nested_dice)), 4),
     }
 

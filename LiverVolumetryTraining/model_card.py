@@ -138,7 +138,9 @@ def crossval_section(cv: dict) -> list[str]:
         if rad:
             below = [name.removeprefix("original_") for name in rad.get("below_threshold") or []]
             rows.append(("radiomics ICC", f"{_pm({'mean': rad.get('icc_mean'), 'sd': rad.get('icc_sd')})} over "
-                                          f"{rad.get('n_defined')} features; {len(below)} below {rad.get('threshold')}"
+                                          f"{rad.get('n_defined')} features"
+                                          + (f" and {rad['n_cases']} cases" if rad.get("n_cases") else "")
+                                          + f"; {len(below)} below {rad.get('threshold')}"
                                           + (f": {', '.join(below)}" if below else "")))
         if "plausibility_warnings" in ev:
             flagged = ev["plausibility_warnings"]
