@@ -196,8 +196,8 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentButton(self) -> None:
         if self.logic.busy:
-            self._log("Cancelling...")
-            self.logic.cancel()
+            if self.logic.cancel(unlessYoungerThan=1.0):  # a double click on Segment does not cancel
+                self._log("Cancelling...")
             return
         self._runSafely("Liver segmentation", self._startSegmentation)
 
@@ -294,9 +294,8 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
     def busy(self) -> bool:
         return self.process is not None and self.process.running
 
-    def cancel(self) -> None:
-        if self.process is not None:
-            self.process.cancel()
+    def cancel(self, unlessYoungerThan: float = 0.0) -> bool:
+        return self.process is not None and self.process.cancel(unlessYoungerThan)
 
     def modelDescription(self, modelDir: Optional[str]) -> str:
         """'Model: liver-mri-v2 2.0.0' or why the bundle cannot be used (never raises)."""

@@ -120,6 +120,8 @@ def failure_message(returncode: int, failed_event: EngineEvent | None, lines: Se
 def safe_case_name(name: str) -> str:
     """A file-name-safe case id derived from a node name (the engine uses the file stem)."""
     cleaned = _SAFE_NAME.sub("_", name).strip("._")
+    if cleaned.lower().endswith(".seg"):  # the engine would read '<x>.seg.nrrd' as case '<x>'
+        cleaned = cleaned[:-4] + "_seg"
     return cleaned or "volume"
 
 

@@ -68,11 +68,16 @@ def start_segmentation(volume, segmentation, device: str = "auto", model_dir: st
     with _removed_on_error(work_dir):
         segmentation_io.save_volume(volume, image)
         arguments = engine_cli.segment_arguments(image, out_dir, device, model_dir, radiomics)
+    before = segmentation_io.segment_checksum(segmentation, volume) if segmentation is not None else None
 
     def import_results() -> str:
         nonlocal segmentation
         _require_in_scene(volume, segmentation)
         row = engine_cli.read_case_row(out_dir, case)
+        if segmentation is not None and segmentation_io.segment_checksum(segmentation, volume) != before:
+            (on_log or logging.info)(f"The liver of '{segmentation.GetName()}' was edited during the run: it is kept, "
+                                     "and the new result goes into a new segmentation.")
+            segmentation = None
         segmentation = segmentation or new_segmentation()
         segmentation_io.import_liver_mask(engine_cli.mask_path(out_dir, case), segmentation, volume)
         segmentation_io.set_provenance(segmentation, {key: row.get(key) for key in AUTOMATIC_PROVENANCE})

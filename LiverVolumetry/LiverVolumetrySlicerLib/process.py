@@ -80,6 +80,7 @@ class EngineProcess:
         self._timer: qt.QTimer | None = None
         self._cancelled = False
         self._finished = False
+        self._started_at = 0.0
         self.lines: list[str] = []
 
     @property
@@ -94,6 +95,7 @@ class EngineProcess:
         command = self.command()
         logging.info("LiverVolumetry: running %s", " ".join(command))
         # The engine flushes every JSON event line itself, so no unbuffered mode is needed.
+        self._started_at = time.monotonic()
         self._proc = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False, cwd=str(module_dir()))
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
@@ -139,12 +141,15 @@ class EngineProcess:
             self._timer.stop()
         self._on_finished(returncode, self._cancelled)
 
-    def cancel(self) -> None:
-        """Stop the work now: kill the process tree; ``on_finished`` follows."""
-        if not self.running:
-            return
+    def cancel(self, unless_younger_than: float = 0.0) -> bool:
+        """Stop the work now: kill the process tree; ``on_finished`` follows. A process
+        started less than ``unless_younger_than`` seconds ago is left running (the second
+        click of a double click on Segment is not a Cancel). True if it was stopped."""
+        if not self.running or time.monotonic() - self._started_at < unless_younger_than:
+            return False
         self._cancelled = True
         _kill_tree(self._proc)
+        return True
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Block (keeping the GUI alive) until the process ended and was reported."""

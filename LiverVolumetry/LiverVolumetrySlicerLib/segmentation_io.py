@@ -25,7 +25,8 @@ MODEL_ATTRIBUTE_PREFIX = "LiverVolumetry."
 
 
 # Scalar-volume subclasses that are not one grayscale image (vector volumes are tensor volumes).
-_NOT_IMAGE_VOLUMES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+_NOT_IMAGE_VOLUMES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode",
+                      "vtkMRMLMultiVolumeNode")  # the last from the MultiVolumeExplorer extension (DCE, DWI series)
 
 
 def is_image_volume(node) -> bool:

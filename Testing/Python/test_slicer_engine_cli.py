@@ -63,9 +63,12 @@ def test_failure_message_prefers_case_error_then_engine_error():
 
 
 @pytest.mark.parametrize("name, expected", [("MR Head (1)", "MR_Head_1"), ("", "volume"), ("...", "volume"),
-                                            ("T2_SPIR.v2", "T2_SPIR.v2")])
+                                            ("T2_SPIR.v2", "T2_SPIR.v2"), ("liver.seg", "liver_seg")])
 def test_safe_case_name(name, expected):
+    from LiverVolumetryLib.imageio import case_id
+
     assert engine_cli.safe_case_name(name) == expected
+    assert case_id(f"{expected}.nrrd") == expected  # the engine names the case as the module does
 
 
 # --------------------------------------------------------------------------- arguments

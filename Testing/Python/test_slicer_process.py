@@ -128,6 +128,19 @@ def test_cancel_kills_the_process_quickly(glue, monkeypatch):
     assert proc._proc.poll() is not None
 
 
+def test_a_cancel_right_after_the_start_can_be_ignored(glue, monkeypatch):
+    _script_process(glue, monkeypatch, "import time\ntime.sleep(120)\n")
+    finished = []
+    proc = glue.process.EngineProcess(["segment"], lambda e: None, lambda rc, cancelled: finished.append(cancelled))
+    proc.start()
+    proc.cancel(unless_younger_than=30.0)
+    time.sleep(0.3)
+    assert proc.running and proc._proc.poll() is None
+    proc.cancel()
+    proc.wait(30)
+    assert finished == [True]
+
+
 def test_wait_timeout_cancels(glue, monkeypatch):
     _script_process(glue, monkeypatch, "import time\ntime.sleep(120)\n")
     finished = []
@@ -194,6 +207,8 @@ def segmentation_job(glue, monkeypatch):
     monkeypatch.setattr(io, "import_liver_mask", lambda mask, segmentation, volume: imported.append(segmentation))
     monkeypatch.setattr(io, "set_provenance", lambda *a: None)
     monkeypatch.setattr(io, "place_under_study", lambda *a: None)
+    checksums = {}  # segmentation -> checksum of its liver now
+    monkeypatch.setattr(io, "segment_checksum", lambda segmentation, volume: checksums.get(segmentation, ""))
     monkeypatch.setattr(glue.jobs, "show_measurements", lambda *a: "Liver volume: 1.0 mL")
     monkeypatch.setattr(glue.jobs.engine_cli, "read_case_row", lambda out_dir, case: {})
 
@@ -202,7 +217,7 @@ def segmentation_job(glue, monkeypatch):
         present.add(made[-1])
         return made[-1]
 
-    def run(code, segmentation=None, cancel=False, remove=()):
+    def run(code, segmentation=None, cancel=False, remove=(), edit=False):
         volume = FakeNode("scan")
         present.update({volume, segmentation} - {None})
         _script_process(glue, monkeypatch, code)
@@ -212,6 +227,8 @@ def segmentation_job(glue, monkeypatch):
             time.sleep(0.5)
             proc.cancel()
         present.difference_update({volume if r == "volume" else segmentation for r in remove})
+        if edit:
+            checksums[segmentation] = "edited by hand during the run"
         proc.wait(60)
         return volume
 
@@ -254,3 +271,12 @@ def test_an_output_written_for_another_volume_is_not_this_volumes_output(glue):
     assert not io.made_for_another_volume(liver_a, volume_a)
     assert not io.made_for_another_volume(Node("vtkMRMLSegmentationNode2"), volume_b)  # the user's own
     assert not io.made_for_another_volume(None, volume_b) and not io.made_for_another_volume(liver_a, None)
+
+
+def test_a_liver_edited_during_the_run_is_kept(segmentation_job):
+    output = FakeNode("scan liver")
+    segmentation_job.run("import time\ntime.sleep(1)\n", segmentation=output, edit=True)
+    assert segmentation_job.done[-1][0] is True
+    assert segmentation_job.imported == segmentation_job.made and len(segmentation_job.made) == 1
+    segmentation_job.run("import time\ntime.sleep(1)\n", segmentation=output)  # not edited: replaced
+    assert segmentation_job.imported[-1] is output
