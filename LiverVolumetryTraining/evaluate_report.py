@@ -107,7 +107,7 @@ def summary(result: EvaluationResult) -> dict:
     if result.radiomics:
         mean, sd, _ = mean_sd(finite)
         out["radiomics"] = {"icc_form": ICC_FORM, "n_features": len(result.feature_iccs), "n_defined": len(finite),
-                            "n_cases": max(f.n for f in result.feature_iccs),
+                            "n_cases": max((f.n for f in result.feature_iccs), default=0),
                             "icc_mean": _number(mean, 4), "icc_sd": _number(sd, 4), "threshold": ICC_THRESHOLD,
                             "below_threshold": [f.feature for f in result.features_below()]}
     return out
