@@ -112,7 +112,11 @@ def failure_message(returncode: int, failed_event: EngineEvent | None, lines: Se
             return f"The liver could not be processed: {line[len(_ERROR_PREFIX):].strip()}"
     if returncode == 2:
         return "The processing engine rejected its arguments (usage error); see the log for details."
-    tail = next((line for line in reversed(lines) if line.strip()), "")
+    if returncode in (-9, 137):  # SIGKILL: on Linux and macOS usually the system running out of memory
+        return (f"The processing engine was stopped by the system (exit status {returncode}), most likely for "
+                "lack of memory. Close other programs, or try a smaller image, and run again.")
+    texts = (event.message for event in map(parse_line, reversed(lines)) if event is not None and event.kind == "text")
+    tail = next(texts, "")  # the last human line, not a JSON progress event
     detail = f" Last message: {tail}" if tail else ""
     return f"The processing engine stopped unexpectedly (exit status {returncode}).{detail}"
 

@@ -59,7 +59,9 @@ def test_failure_message_prefers_case_error_then_engine_error():
     lines = ["some warning", "livervolumetry: error: model bundle m: does not exist"]
     assert engine_cli.failure_message(1, None, lines).endswith("model bundle m: does not exist")
     assert "usage" in engine_cli.failure_message(2, None, ["usage: livervolumetry ..."])
-    assert "exit status -9" in engine_cli.failure_message(-9, None, ["Traceback", "MemoryError"])
+    assert "lack of memory" in engine_cli.failure_message(-9, None, ['{"event": "progress", "fraction": 0.4}'])
+    crashed = engine_cli.failure_message(1, None, ["Traceback", "MemoryError", '{"event": "progress", "fraction": 0.4}'])
+    assert "exit status 1" in crashed and crashed.endswith("Last message: MemoryError")
 
 
 @pytest.mark.parametrize("name, expected", [("MR Head (1)", "MR_Head_1"), ("", "volume"), ("...", "volume"),
