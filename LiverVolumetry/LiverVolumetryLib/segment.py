@@ -61,7 +61,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LiverVolumetryError("device 'cuda' was requested but no CUDA GPU is available (use --device cpu)")
+        raise LiverVolumetryError("device 'cuda' was requested but no CUDA GPU is available (choose the cpu or auto device)")
     if not device.startswith("cuda"):
         raise LiverVolumetryError(f"unknown device {device!r} (auto, cpu, cuda)")
     return device

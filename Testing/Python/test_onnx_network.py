@@ -90,7 +90,7 @@ def test_resolve_device_answers_cpu_without_pytorch_where_cuda_cannot_be(monkeyp
     with pytest.raises(LiverVolumetryError, match="unknown device 'tpu'"):
         segment.resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(LiverVolumetryError, match="no CUDA GPU"):
+        with pytest.raises(LiverVolumetryError, match=r"no CUDA GPU is available \(choose the cpu or auto device\)"):
             segment.resolve_device("gpu")
 
 
