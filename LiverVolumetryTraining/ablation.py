@@ -82,9 +82,9 @@ def score_variant(run_dir: Path, val_entries: Sequence[CaseEntry], seeds: Sequen
                   phantom_args: dict | None = None) -> dict:
     """Native-grid Dice of the run's last checkpoint on real held-out cases and test phantoms."""
     from .export import bundle_spec
-    from .train import load_checkpoint
+    from .run_folder import load_checkpoint, read_config
 
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config = read_config(run_dir)
     state = load_checkpoint(run_dir / "last.pt")
     bundle = write_bundle(run_dir / "bundle", state["model"], bundle_spec(config, state, run_dir.name, "0.0.0"),
                           overwrite=True)

@@ -75,9 +75,9 @@ def _check_run_folds(run_dir: Path, folds: list[list[str]]) -> None:
 def _fold_bundle(fold_dir: Path, name: str):
     """Export the fold's last checkpoint as a bundle (replaced on every call)."""
     from .export import bundle_spec
-    from .train import load_checkpoint
+    from .run_folder import load_checkpoint, read_config
 
-    config = json.loads((fold_dir / "config.json").read_text(encoding="utf-8"))
+    config = read_config(fold_dir)
     state = load_checkpoint(fold_dir / "last.pt")
     spec = bundle_spec(config, state, f"{name}-{fold_dir.name}", "0.0.0",
                        description=f"cross-validation model {fold_dir.name}")
