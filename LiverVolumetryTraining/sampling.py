@@ -95,15 +95,17 @@ def posneg_patches(case: CachedCase, patch_size: Sequence[int], samples: int, po
     with 0); each patch centre is a liver voxel with probability pos / (pos + neg), else a
     background voxel (``RandCropByPosNegLabeld``), shifted inwards so the patch fits.
     """
-    from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+    from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
 
     size = tuple(int(s) for s in patch_size)
+    # Applied one by one, not in a monai Compose: Compose re-seeds its random transforms
+    # from an unseeded stream, which would make a run's patches irreproducible.
     crop = RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=size, pos=pos, neg=neg,
                                   num_samples=samples)
     crop.set_random_state(state=state)
-    transform = Compose([SpatialPadd(keys="image", spatial_size=size, value=float(case.image.min())),
-                         SpatialPadd(keys="label", spatial_size=size, value=0), crop])
-    out = transform({"image": case.image[None], "label": case.label[None]})
+    data = SpatialPadd(keys="image", spatial_size=size, value=float(case.image.min()))(
+        {"image": case.image[None], "label": case.label[None]})
+    out = crop(SpatialPadd(keys="label", spatial_size=size, value=0)(data))
     return [(np.asarray(p["image"])[0], np.asarray(p["label"])[0]) for p in out]
 
 
