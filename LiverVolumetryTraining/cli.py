@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default="liver-mri")
     e.add_argument("--version", default="0.0.1")
     e.add_argument("--description", default="")
-    e.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="last (default) or best; best is chosen on the run's validation cases, so its validation "
+                        "Dice is optimistic")
     e.add_argument("--card-notes", help="Markdown file appended to the generated MODEL.md (history, ablations)")
     e.add_argument("--threshold", type=float, help="probability threshold (default: the recipe's), e.g. the one "
                                                    "crossval chose")

@@ -110,8 +110,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         if val_entries:
             log(f"measuring validation Dice on {len(val_entries)} held-out cases (native grid) ...")
             figures = evaluate_bundle(bundle, val_entries, log)
-            spec["validation"] = {"protocol": "held-out cases never used for training; engine pipeline; "
-                                              "Dice on the native image grid", **figures}
+            protocol = "held-out cases never used for training; engine pipeline; Dice on the native image grid"
+            if checkpoint == "best":
+                protocol += ("; the same cases chose this checkpoint (best validation Dice), so the figure is "
+                             "optimistic")
+            spec["validation"] = {"protocol": protocol, **figures}
             bundle = write_bundle(staging, state["model"], spec, overwrite=True)
         if bundle.onnx_path is None:
             log("no model.onnx written (needs the onnx and onnxruntime packages): the engine will run the network "

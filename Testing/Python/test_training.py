@@ -140,6 +140,10 @@ def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):
     assert 0.0 <= meta["validation"]["dice_mean"] <= 1.0
     card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
     assert f"{meta['validation']['dice_mean']:.3f}" in card and meta["weights"]["sha256"] in card
+    assert "optimistic" not in card
+    # The best checkpoint was chosen on these same cases: its card says the figure is optimistic.
+    best = export_run(run, tmp_path / "best", "tiny", "0.1.0", checkpoint="best", log=lambda m: None)
+    assert "chose this checkpoint" in (best.path / "MODEL.md").read_text(encoding="utf-8")
 
 
 def test_fine_tuning_starts_from_a_bundles_weights_and_needs_its_network(pairs_folder, tmp_path):
