@@ -337,6 +337,9 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     if state is not None:
         network.load_state_dict(state["model"])
         start, best = int(state["iteration"]), float(state["best_dice"])
+        # Dropout's stream (torch's) re-derived for the resumed span, as the samplers' are:
+        # re-seeded as at the start, it would repeat the first iterations' dropout masks.
+        torch.manual_seed(int(np.random.SeedSequence([seed + ctx.rank, start]).generate_state(1)[0]))
         say(f"resuming at iteration {start}")
     elif start_bundle is not None:
         network.load_state_dict(start_bundle.load_state_dict())
