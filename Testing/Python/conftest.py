@@ -138,3 +138,21 @@ def assert_read_fails_in_one_line(path, kwargs: dict, keyword: str) -> None:
     assert keyword in message.lower()
     assert "\n" not in message and "\r" not in message
     assert "Exception thrown" not in message and "sitk::ERROR" not in message
+
+
+# The volumetry-net recipe made tiny (2-level network, small patches and windows).
+TINY_VOLUMETRY_NET = {"base": "volumetry-net",
+                      "network": {"args": {"channels": [4, 8], "strides": [2], "num_res_units": 0}},
+                      "patch_size": [16, 16, 16], "inference": {"roi_size": [32, 32, 32]}}
+
+
+@pytest.fixture(scope="session")
+def tiny_cases(tmp_path_factory) -> Path:
+    """Three 40x40x24 cases at 2 mm (an ellipsoidal 'liver' placed differently in each)."""
+    folder = tmp_path_factory.mktemp("tiny-cases")
+    for k, centre in enumerate([(-6.0, 4.0, 0.0), (8.0, -4.0, 4.0), (0.0, 0.0, -4.0)]):
+        image, mask = ellipsoid_image(size=(40, 40, 24), spacing=(2.0, 2.0, 2.0), centre=centre,
+                                      radii=(18.0, 14.0, 12.0))
+        sitk.WriteImage(image, str(folder / f"image_{k}.nii.gz"))
+        sitk.WriteImage(mask, str(folder / f"label_{k}.nii.gz"))
+    return folder

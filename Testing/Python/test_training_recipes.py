@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import ellipsoid_image, same_grid
+from conftest import TINY_VOLUMETRY_NET, same_grid
 from LiverVolumetryLib.errors import LiverVolumetryError
 from LiverVolumetryTraining.cli import main
 from LiverVolumetryTraining.dataset import CachedCase, find_pairs
@@ -26,27 +26,10 @@ from LiverVolumetryTraining.sampling import PosNegEpochSampler, posneg_patches, 
 from LiverVolumetryTraining.train import build_network, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[2]
-# The volumetry-net recipe made tiny (2-level network, small patches and windows).
-TINY_OVERRIDE = {"base": "volumetry-net", "network": {"args": {"channels": [4, 8], "strides": [2], "num_res_units": 0}},
-                 "patch_size": [16, 16, 16], "inference": {"roi_size": [32, 32, 32]}}
-
-
-@pytest.fixture(scope="module")
-def tiny_cases(tmp_path_factory) -> Path:
-    """Three 40x40x24 cases at 2 mm (an ellipsoidal 'liver' placed differently in each)."""
-    folder = tmp_path_factory.mktemp("tiny-cases")
-    for k, centre in enumerate([(-6.0, 4.0, 0.0), (8.0, -4.0, 4.0), (0.0, 0.0, -4.0)]):
-        image, mask = ellipsoid_image(size=(40, 40, 24), spacing=(2.0, 2.0, 2.0), centre=centre,
-                                      radii=(18.0, 14.0, 12.0))
-        sitk.WriteImage(image, str(folder / f"image_{k}.nii.gz"))
-        sitk.WriteImage(mask, str(folder / f"label_{k}.nii.gz"))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_recipe_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "tiny.json"
-    path.write_text(json.dumps(TINY_OVERRIDE), encoding="utf-8")
+    path.write_text(json.dumps(TINY_VOLUMETRY_NET), encoding="utf-8")
     return path
 
 

@@ -6,31 +6,20 @@ from __future__ import annotations
 import json
 
 import pytest
-import SimpleITK as sitk
 import torch
 
-from conftest import ellipsoid_image
+from conftest import TINY_VOLUMETRY_NET
 from LiverVolumetryTraining import train as train_module
 from LiverVolumetryTraining.dataset import find_pairs
 from LiverVolumetryTraining.recipes import load_recipe
 from LiverVolumetryTraining.run_folder import load_checkpoint
 
-# volumetry-net made tiny; it keeps the recipe's dropout (0.3) and batch norm.
-TINY = {"base": "volumetry-net", "network": {"args": {"channels": [4, 8], "strides": [2], "num_res_units": 0}},
-        "patch_size": [16, 16, 16], "inference": {"roi_size": [32, 32, 32]}}
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("repro-cases")
-    for k, centre in enumerate([(-6.0, 4.0, 0.0), (8.0, -4.0, 4.0), (0.0, 0.0, -4.0)]):
-        image, mask = ellipsoid_image(size=(40, 40, 24), spacing=(2.0, 2.0, 2.0), centre=centre,
-                                      radii=(18.0, 14.0, 12.0))
-        sitk.WriteImage(image, str(folder / f"image_{k}.nii.gz"))
-        sitk.WriteImage(mask, str(folder / f"label_{k}.nii.gz"))
-    recipe_file = folder / "tiny.json"
-    recipe_file.write_text(json.dumps(TINY), encoding="utf-8")
-    return find_pairs(folder), load_recipe(str(recipe_file))
+def setup(tiny_cases, tmp_path_factory):
+    recipe_file = tmp_path_factory.mktemp("repro-recipe") / "tiny.json"
+    recipe_file.write_text(json.dumps(TINY_VOLUMETRY_NET), encoding="utf-8")  # keeps dropout 0.3 and batch norm
+    return find_pairs(tiny_cases), load_recipe(str(recipe_file))
 
 
 @pytest.fixture
