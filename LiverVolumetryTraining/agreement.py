@@ -32,6 +32,7 @@ class ICCResult:
     """ICC(2,1) of two raters over ``n`` cases, with its 95 % confidence interval.
 
     ``icc`` is NaN when it is undefined (no variation between or within cases at all).
+    The interval is pingouin's, which rounds it to 2 decimals; reports print it so.
     """
 
     icc: float

@@ -68,8 +68,8 @@ def cases_csv(result: EvaluationResult) -> str:
 
 def radiomics_csv(result: EvaluationResult) -> str:
     """Feature ICCs as CSV text."""
-    rows = [{"feature": f.feature, "icc": _cell(f.icc), "ci95_low": _cell(f.ci95_low, 3),
-             "ci95_high": _cell(f.ci95_high, 3), "n": f.n}
+    rows = [{"feature": f.feature, "icc": _cell(f.icc), "ci95_low": _cell(f.ci95_low, 2),
+             "ci95_high": _cell(f.ci95_high, 2), "n": f.n}
             for f in result.feature_iccs]
     return _csv_text(rows, ("feature", "icc", "ci95_low", "ci95_high", "n"))
 
@@ -93,7 +93,7 @@ def summary(result: EvaluationResult) -> dict:
             "auto_ml": _stats([c.volume_auto_ml for c in cases], 2),
             "ref_ml": _stats([c.volume_ref_ml for c in cases], 2),
             "icc_form": ICC_FORM, "icc": _number(icc.icc, 4) if icc else None,
-            "icc_ci95": [_number(icc.ci95_low, 3), _number(icc.ci95_high, 3)] if icc else None,
+            "icc_ci95": [_number(icc.ci95_low, 2), _number(icc.ci95_high, 2)] if icc else None,
             "bland_altman": {"difference": "automated - reference (mL)", "bias": _number(ba.bias, 2),
                              "sd": _number(ba.sd, 2), "loa": [_number(ba.loa_low, 2), _number(ba.loa_high, 2)]}
             if ba else None},
@@ -144,7 +144,7 @@ def report_markdown(result: EvaluationResult) -> str:
               f"- HD95: {_mean_sd_text([c.hd95_mm for c in cases], 2, EMPTY_MASK)} mm",
               f"- ASSD: {_mean_sd_text([c.assd_mm for c in cases], 2, EMPTY_MASK)} mm", "", "## Volumetry", ""]
     icc, ba = result.volume_icc, result.volume_agreement
-    lines.append(f"- Volume ICC: {_fmt(icc.icc, 4)} (95 % CI {_fmt(icc.ci95_low, 3)} to {_fmt(icc.ci95_high, 3)}, "
+    lines.append(f"- Volume ICC: {_fmt(icc.icc, 4)} (95 % CI {_fmt(icc.ci95_low, 2)} to {_fmt(icc.ci95_high, 2)}, "
                  f"n = {icc.n}); {ICC_FORM}" if icc else "- Volume ICC: not computed (too few cases)")
     lines.append(f"- Bland-Altman (automated - reference): bias {ba.bias:+.1f} mL, SD {ba.sd:.1f} mL, 95 % limits "
                  f"of agreement {ba.loa_low:+.1f} to {ba.loa_high:+.1f} mL" if ba else

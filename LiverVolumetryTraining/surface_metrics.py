@@ -13,9 +13,9 @@
 
 Distances are physical: voxel index steps are scaled by the spacing, and for an
 orthonormal direction matrix (any rotation or flip) a Euclidean distance transform with
-``sampling=spacing`` is exact. A sheared (non-orthogonal) direction matrix, which the
-engine accepts, is handled by nearest-neighbour search between the surface voxels'
-physical points. When a mask is empty, HD95 and ASSD are NaN, and Dice is 0 (1 when both
+``sampling=spacing`` is exact. A sheared (non-orthogonal) direction matrix (the engine's
+file readers refuse one, but an image built in memory may have it) is handled by
+nearest-neighbour search between the surface voxels' physical points. When a mask is empty, HD95 and ASSD are NaN, and Dice is 0 (1 when both
 are empty, as in :func:`LiverVolumetryLib.measure.dice`).
 """
 
