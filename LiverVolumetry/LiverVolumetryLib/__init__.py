@@ -2,7 +2,8 @@
 
 The public API, used by the command-line tool and the 3D Slicer module alike::
 
-    from LiverVolumetryLib import segment_liver, measure, read_image
+    from LiverVolumetryLib import segment_liver, read_image
+    from LiverVolumetryLib.measure import measure   # the package attribute ``measure`` is the module
     image = read_image("scan.nii.gz")
     result = segment_liver(image, device="auto", progress=print)   # result.mask: uint8 on image's grid
     table = measure(image, result.mask, radiomics=True)            # {"volume_ml": ..., "original_...": ...}
