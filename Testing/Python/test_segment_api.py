@@ -1,4 +1,5 @@
-"""segment_liver API and model bundles: grid, progress, cancel, device, checksum, allow-list."""
+"""segment_liver API and model bundles: grid, progress, cancel, device, checksum, allow-list,
+and the README's Python example run as written."""
 
 from __future__ import annotations
 
@@ -99,3 +100,20 @@ def test_images_smaller_than_the_window_and_of_odd_size(tiny_bundle):
     image, _ = ellipsoid_image(size=(23, 17, 9), spacing=(4.3, 5.1, 7.7))
     result = segment_liver(image, tiny_bundle, device="cpu")
     assert same_grid(result.mask, image)
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from LiverVolumetryLib.phantom import make_phantom
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    phantom = make_phantom(3, shape=(80, 64, 26), spacing=(5.0, 5.0, 9.0))
+    sitk.WriteImage(phantom.image, str(tmp_path / "scan.nii.gz"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the bundled model, on the phantom
+    assert same_grid(namespace["result"].mask, namespace["image"])
+    assert namespace["table"]["volume_ml"] > 0 and "original_glcm_Contrast" in namespace["table"]
