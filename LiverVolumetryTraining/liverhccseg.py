@@ -1,8 +1,10 @@
 """LiverHccSeg (Gross et al., Data in Brief 2023; TCIA): portal-venous phase and liver mask.
 
 Expected layout: one folder per patient directly under ``source`` (``source`` may also
-be one patient's folder), holding anywhere below it the phases as image files (NIfTI,
-NRRD, MHA) or DICOM series folders, and the liver segmentation as an image file::
+be one patient's folder, or a folder holding the TCIA package ``nifti_and_segms``, which
+is followed down, also when nested twice as ``nifti_and_segms/nifti_and_segms``),
+holding anywhere below it the phases as image files (NIfTI, NRRD, MHA) or DICOM series
+folders, and the liver segmentation as an image file::
 
     <source>/<patient>/[<study>/]art_pre.nii.gz, art.nii.gz, art_pv.nii.gz, art_del.nii.gz,
                                  rater1_liver.nii.gz, rater2_liver.nii.gz, rater1_tumor.nii.gz
@@ -46,6 +48,7 @@ from .converters import ConversionOutput, Log, _quiet, compact_image
 from .dataset import CaseEntry, _natural_key, grids_match, liver_mask, read_case_image, read_case_label, read_file
 
 GROUP = "liverhccseg"
+PACKAGE = "nifti_and_segms"  # the TCIA download nifti_and_segms.zip (phases + segmentations)
 LABEL_WORDS = {"seg", "segmentation", "mask", "label", "labels", "gt"}
 PHASE_WORDS = {"pv", "pvp", "portal", "venous", "portalvenous"}
 MAX_VOLUME_CHANGE = 0.2
@@ -186,6 +189,8 @@ def convert_liverhccseg(source: str | Path, out_dir: str | Path, liver_label: in
     source = Path(source)
     if not source.is_dir():
         raise InputError(source, "is not a folder")
+    while (source / PACKAGE).is_dir():  # the patients lie in nifti_and_segms[/nifti_and_segms]
+        source = source / PACKAGE
     top = [p for p in source.iterdir() if p.is_file() and image_suffix(p) is not None]
     skip = Path(out_dir).resolve()
     patients = [source] if top else sorted((p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")

@@ -233,6 +233,36 @@ def test_liverhccseg_portal_venous_nifti_and_dicom(tmp_path):
     np.testing.assert_allclose(liver_centre(liver), BOX_CENTRE, atol=1.0)
 
 
+def test_liverhccseg_tcia_nifti_package(tmp_path):
+    """The TCIA download nifti_and_segms.zip as unpacked: nifti_and_segms/nifti_and_segms/
+    <subject>/<study>/art_pre, art, art_pv, art_del + rater1/rater2 liver and tumour masks,
+    the masks on the arterial grid and the portal-venous phase on its own grid."""
+    root = tmp_path / "LiverHccSeg"
+    package = root / "nifti_and_segms" / "nifti_and_segms"
+    fine = dict(size=(24, 20, 12), spacing=(0.75, 0.85, 2.0))  # the arterial grid, same space
+    arterial_liver = sitk.Resample(box_label(volume()), volume(**fine), sitk.Transform(), sitk.sitkNearestNeighbor,
+                                   0, sitk.sitkUInt8)
+    a = package / "TCGA-DD-A1EB" / "study"
+    a.mkdir(parents=True)
+    for name, seed in (("art_pre", 1), ("art", 2), ("art_del", 4)):
+        sitk.WriteImage(volume(seed=seed, **fine), str(a / f"{name}.nii.gz"))
+    sitk.WriteImage(volume(seed=3), str(a / "art_pv.nii.gz"))
+    for name in ("rater1_liver", "rater2_liver", "rater1_tumor", "rater2_tumor"):
+        sitk.WriteImage(arterial_liver, str(a / f"{name}.nii.gz"))
+    b = package / "TCGA-G3-A25S" / "study"
+    for name, seed in (("art_pre", 5), ("art", 6), ("art_pv", 7), ("art_del", 8)):
+        write_pair(b, f"{name}.nii.gz", "rater1_liver.nii.gz", seed=seed)
+    sitk.WriteImage(box_label(volume()), str(b / "rater2_liver.nii.gz"))
+    out = tmp_path / "out"
+    entries = convert_liverhccseg(root, out)
+    assert [(e.case, e.image, e.liver_label) for e in entries] == [
+        ("TCGA-DD-A1EB", a / "art_pv.nii.gz", 1), ("TCGA-G3-A25S", b / "art_pv.nii.gz", 1)]
+    assert entries[0].label.parent == out and entries[1].label == b / "rater1_liver.nii.gz"
+    image, liver = load_entry(entries[0])
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(volume(seed=3)))
+    np.testing.assert_allclose(liver_centre(liver), BOX_CENTRE, atol=1e-3)
+
+
 # ------------------------------------------------------------------ manifests and checks
 
 
