@@ -6,7 +6,7 @@ it is downloaded and writes ``out_dir/manifest.csv``; it returns the cases as
 NIfTI files are written into ``out_dir`` only where a conversion is needed (DICOM
 series, PNG ground truth, a label on another grid than its image).
 
-- :func:`convert_amos` (here): AMOS 2022, MRI cases (ids >= 500), liver label 6.
+- :func:`convert_amos` (here): AMOS 2022, MRI cases (ids above 500), liver label 6.
 - :func:`convert_totalseg` (here): TotalSegmentator MRI, ``<subject>/mri.nii.gz``.
 - :func:`convert_pairs` (here): any folder of ``image_N``/``label_N`` pairs.
 - :func:`convert_chaos` (:mod:`.chaos`): CHAOS MR, DICOM series + PNG ground truth.
@@ -41,7 +41,7 @@ from .manifest import check_entry, write_manifest
 MANIFEST_NAME = "manifest.csv"
 DATASETS = ("chaos", "amos", "liverhccseg", "totalseg", "pairs")
 AMOS_LIVER_LABEL = 6
-AMOS_FIRST_MRI_ID = 500
+AMOS_FIRST_MRI_ID = 501  # amos_0001-0500 are CT (amos_0500 has CT intensities), 0501-0600 MRI
 TOTALSEG_LIVER_LABEL = 5
 TOTALSEG_COMBINED_NAMES = ("seg.nii.gz", "label.nii.gz", "labels.nii.gz", "segmentation.nii.gz")
 
@@ -166,7 +166,7 @@ def amos_liver_value(root: Path) -> int:
 
 def convert_amos(source: str | Path, out_dir: str | Path, liver_label: int | None = None,
                  overwrite: bool = False, log: Log = _quiet) -> list[CaseEntry]:
-    """AMOS 2022 MRI cases (``amos_XXXX`` with XXXX >= 500) of imagesTr/imagesVa with
+    """AMOS 2022 MRI cases (``amos_XXXX`` with XXXX > 500) of imagesTr/imagesVa with
     their labelsTr/labelsVa label, referenced in place; group "amos-mri"."""
     source = Path(source)
     root = _amos_root(source)

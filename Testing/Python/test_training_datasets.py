@@ -175,6 +175,7 @@ def test_amos_mri_cases_are_referenced_in_place(tmp_path):
     root.mkdir()
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "6": "liver"}}))
     write_pair(root / "imagesTr", "amos_0001.nii.gz", "../labelsTr/amos_0001.nii.gz", value=6)  # CT: left out
+    write_pair(root / "imagesTr", "amos_0500.nii.gz", "../labelsTr/amos_0500.nii.gz", value=6)  # the last CT id
     write_pair(root / "imagesTr", "amos_0507.nii.gz", "../labelsTr/amos_0507.nii.gz", value=6)
     write_pair(root / "imagesTr", "amos_0510.nii.gz", "../labelsTr/amos_0510.nii.gz", value=3)  # no liver
     write_pair(root / "imagesVa", "amos_0600.nii.gz", "../labelsVa/amos_0600.nii.gz", value=6, seed=1)
