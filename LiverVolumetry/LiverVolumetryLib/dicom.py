@@ -11,6 +11,7 @@ Geometry (origin, spacing, direction) of what is read is never changed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,11 @@ from .errors import InputError
 
 _DESCRIPTION_TAG = "0008|103e"
 _POSITION_TAG = "0020|0032"
+_ORIENTATION_TAG = "0020|0037"
+
+#: Largest in-plane drift of slice positions per mm along the slice normal (about 0.06
+#: degrees of shear; imageio.MAX_AXIS_COSINE for image files).
+_MAX_SHEAR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,8 @@ class DicomSeries:
 @dataclass(frozen=True)
 class SeriesHeader:
     """What the first file's header says about a series before its pixels are read:
-    the volume size (x, y, number of slices; as the file says for a one-file series),
-    in-plane spacing (x, y) in mm and the number of components per voxel."""
+    the volume size (x, y, number of files, one slice each), in-plane spacing (x, y) in mm
+    and the number of components per voxel."""
 
     size: tuple[int, ...]
     in_plane_spacing: tuple[float, float]
@@ -147,38 +153,95 @@ def choose_series(folder: str | os.PathLike, series: Sequence[DicomSeries],
 
 
 def read_series_header(folder: str | os.PathLike, series: DicomSeries) -> SeriesHeader:
-    """The header facts of ``series`` from its first file (no pixels are read). For a
-    series of several files the third size is the number of files."""
-    first = _file_header(Path(folder), series.files[0])
+    """The header facts of ``series`` from its first file (no pixels are read); the third
+    size is the number of files. Refuses a series of one slice, and multi-frame files:
+    SimpleITK cannot show their per-frame positions, and GDCM stacks e.g. two echoes of
+    an enhanced MR file into one double-length volume, so their geometry cannot be checked."""
+    folder = Path(folder)
+    first = _file_header(folder, series.files[0])
     size = tuple(int(s) for s in first.GetSize())
-    if series.n_files > 1:
-        size = (size[0], size[1], series.n_files)
+    name = Path(series.files[0]).name
+    if len(size) > 2 and size[2] > 1:
+        raise InputError(folder, f"DICOM file {name} holds {size[2]} frames (multi-frame or enhanced "
+                                 "DICOM), which is not supported as its frame positions cannot be "
+                                 "checked; export the series as one file per slice, or convert it "
+                                 "to NIfTI (e.g. with dcm2niix)")
+    if series.n_files == 1:
+        raise InputError(folder, f"holds a single DICOM slice ({name}, series {series.uid}); a 3D "
+                                 "volume is needed (a localizer? or an export with one folder per "
+                                 "file: put the series' files in one folder)")
     spacing = first.GetSpacing()
-    return SeriesHeader(size, (float(spacing[0]), float(spacing[1])),
+    return SeriesHeader((size[0], size[1], series.n_files), (float(spacing[0]), float(spacing[1])),
                         int(first.GetNumberOfComponents()))
+
+
+def _tag_vector(reader: sitk.ImageSeriesReader, index: int, tag: str, length: int) -> np.ndarray | None:
+    """The numbers of a backslash-separated tag of slice ``index``, or None if absent/invalid."""
+    if not reader.HasMetaDataKey(index, tag):
+        return None
+    try:
+        values = np.array([float(v) for v in reader.GetMetaData(index, tag).split("\\")])
+    except ValueError:
+        return None
+    return values if values.shape == (length,) and np.all(np.isfinite(values)) else None
 
 
 def check_slice_positions(folder: str | os.PathLike, reader: sitk.ImageSeriesReader,
                           image: sitk.Image, n_files: int) -> None:
-    """Refuse a 3D series with duplicate or unevenly spaced slices (its geometry would be
-    wrong). Needs the reader's per-slice ImagePositionPatient; skipped when absent."""
+    """Refuse a series (one file per slice) whose slices do not form one regular stack: a
+    slice without position or orientation, slices of different orientations (a localizer),
+    several slices at one position (echoes or dynamic phases), uneven gaps (missing slices),
+    or positions drifting in-plane (gantry tilt: ITK would stretch the stack along the slice
+    normal and drop the shift). Any of these would give the volume a wrong geometry."""
     n = image.GetSize()[2]
-    if n < 3 or n != n_files or not all(reader.HasMetaDataKey(i, _POSITION_TAG) for i in range(n)):
+    if n != n_files:
         return
-    try:
-        points = np.array([[float(v) for v in reader.GetMetaData(i, _POSITION_TAG).split("\\")]
-                           for i in range(n)])
-    except ValueError:
-        return
+    names = [Path(f).name for f in reader.GetFileNames()]
+    points, orientations = [], []
+    for i in range(n):
+        point = _tag_vector(reader, i, _POSITION_TAG, 3)
+        orientation = _tag_vector(reader, i, _ORIENTATION_TAG, 6)
+        if point is None or orientation is None:
+            raise InputError(folder, f"DICOM file {names[i]} has no valid ImagePositionPatient or "
+                                     "ImageOrientationPatient; the slice positions are unknown")
+        points.append(point)
+        orientations.append(orientation)
+    differs = np.max(np.abs(np.array(orientations) - orientations[0]), axis=1) > 1e-3
+    if np.any(differs):
+        raise InputError(folder, f"has slices of different orientations in one series ("
+                                 f"{names[int(np.argmax(differs))]} differs from {names[0]}; a "
+                                 "localizer mixed in?)")
+    points = np.array(points)
     normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
-    gaps = np.abs(np.diff(points @ normal))
-    if np.any(gaps < 1e-3):
-        raise InputError(folder, f"has {int(np.sum(gaps < 1e-3))} slices at the same position "
-                                 "as another (several echoes or acquisitions in one series?)")
+    along = points @ normal
+    repeated = int(np.sum(np.diff(np.sort(along)) < 1e-3))
+    if repeated:
+        raise InputError(folder, f"has {repeated} slice{'s' * (repeated > 1)} at the same position as another (several "
+                                 "echoes or dynamic phases in one series?); it is not one volume")
+    gaps = np.abs(np.diff(along))
     median = float(np.median(gaps))
     if np.max(np.abs(gaps - median)) > max(0.05 * median, 0.01):
         raise InputError(folder, f"has unevenly spaced slices (gaps from {gaps.min():.3g} to "
                                  f"{gaps.max():.3g} mm; missing slices?)")
+    drift = np.linalg.norm((points - points[0]) - np.outer(along - along[0], normal), axis=1)
+    shear = float(np.max(drift)) / (float(np.ptp(along)) + 1e-9)
+    if shear > _MAX_SHEAR:
+        raise InputError(folder, f"has a sheared slice stack: slice positions drift "
+                                 f"{math.degrees(math.atan(shear)):.2g} degrees off the slice normal "
+                                 "(gantry tilt?); resample it onto an orthogonal grid first")
+
+
+def _read_error(folder: str | os.PathLike, error: RuntimeError) -> InputError:
+    """The InputError for a series whose pixels ITK cannot read."""
+    sizes = re.search(r"size of\s+(.+?) is \[(\d+), (\d+).*?required size \[(\d+), (\d+).*?from file (.+)",
+                      str(error))
+    if sizes:
+        other, first = Path(sizes[1].strip()).name, Path(sizes[6].strip()).name
+        return InputError(folder, f"has slices of different sizes in one series ({other} is "
+                                  f"{sizes[2]}x{sizes[3]}, {first} is {sizes[4]}x{sizes[5]}; a "
+                                  "localizer mixed in?)")
+    return InputError(folder, f"pixel data cannot be read (truncated or corrupt file): "
+                              f"{sitk_reason(error)}")
 
 
 def read_series(folder: str | os.PathLike, series: DicomSeries) -> sitk.Image:
@@ -186,7 +249,8 @@ def read_series(folder: str | os.PathLike, series: DicomSeries) -> sitk.Image:
 
     A 3D result (every size above 1) has its slice positions checked with
     :func:`check_slice_positions`; any other result is returned as read, for the caller
-    to refuse. Unreadable pixel data is a one-line InputError naming ``folder``.
+    to refuse. Unreadable pixel data, or slices of different sizes, is a one-line
+    InputError naming ``folder``.
     """
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(series.files))
@@ -196,8 +260,7 @@ def read_series(folder: str | os.PathLike, series: DicomSeries) -> sitk.Image:
         with quiet_itk():
             image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(folder, f"pixel data cannot be read (truncated or corrupt file): "
-                                 f"{sitk_reason(error)}") from None
+        raise _read_error(folder, error) from None
     if image.GetDimension() == 3 and min(image.GetSize()) > 1:
         check_slice_positions(folder, reader, image, series.n_files)
     return image

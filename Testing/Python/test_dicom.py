@@ -17,24 +17,29 @@ from LiverVolumetryLib.imageio import DicomSeries, list_dicom_series, read_image
 
 def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str,
                        description: str = "T2 HASTE", prefix: str = "slice",
-                       skip: tuple[int, ...] = (), repeat: int = 1) -> None:
+                       skip: tuple[int, ...] = (), repeat: int = 1, tilt_mm: float = 0.0,
+                       first_number: int = 0) -> None:
     """Write ``image`` as one DICOM file per slice with the tags a scanner would set.
 
     ``skip`` leaves slices out (a gap), ``repeat`` writes every slice that many times
-    (same position, like several echoes in one series)."""
+    (same position, like several echoes in one series), ``tilt_mm`` shifts each slice that
+    much further along the image's y axis (a gantry-tilt-like sheared stack), and
+    InstanceNumbers start after ``first_number``."""
     folder.mkdir(parents=True, exist_ok=True)
     d = image.GetDirection()
     orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    number = 0
+    number = first_number
     for z in range(image.GetDepth()):
         if z in skip:
             continue
         for _ in range(repeat):
             number += 1
             slab = image[:, :, z:z + 1]
-            position = image.TransformIndexToPhysicalPoint((0, 0, z))
+            position = np.add(image.TransformIndexToPhysicalPoint((0, 0, z)),
+                              np.multiply(d[1::3], z * tilt_mm))
+            slab.SetOrigin(tuple(position))
             tags = {
                 "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
                 "0008|0018": f"{series_uid}.{number}",
@@ -103,6 +108,54 @@ def bad_dicom_too_large(tmp_path, monkeypatch):
     return folder, {}
 
 
+def bad_dicom_echoes_numbered_in_turn(tmp_path, monkeypatch):
+    """Two echoes in one series, numbered echo after echo: GDCM cannot sort them by position
+    and falls back to InstanceNumber order."""
+    folder = tmp_path / "dual_echo"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.45", prefix="e1")
+    write_dicom_series(make_volume(seed=1), folder, "1.2.826.0.1.3680043.8.498.45", prefix="e2",
+                       first_number=6)
+    return folder, {}
+
+
+def bad_dicom_gantry_tilt(tmp_path, monkeypatch):
+    folder = tmp_path / "tilted_series"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.46", tilt_mm=0.5)
+    return folder, {}
+
+
+def bad_dicom_localizer_in_series(tmp_path, monkeypatch):
+    folder = tmp_path / "with_localizer"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.47")
+    localizer = make_volume(shape=(1, 7, 8), origin=(-10.5, 20.25, 9.0), direction=SAGITTAL)
+    write_dicom_series(localizer, folder, "1.2.826.0.1.3680043.8.498.47", prefix="loc", first_number=6)
+    return folder, {}
+
+
+def bad_dicom_slice_of_other_size(tmp_path, monkeypatch):
+    folder = tmp_path / "other_size"
+    write_dicom_series(make_volume(), folder, "1.2.826.0.1.3680043.8.498.48")
+    write_dicom_series(make_volume(shape=(1, 9, 9), origin=(-10.5, 20.25, 21.0)), folder,
+                       "1.2.826.0.1.3680043.8.498.48", prefix="z", first_number=6)
+    return folder, {}
+
+
+def bad_dicom_single_slice(tmp_path, monkeypatch):
+    folder = tmp_path / "one_slice"
+    write_dicom_series(make_volume(shape=(1, 7, 8)), folder, "1.2.826.0.1.3680043.8.498.49")
+    return folder, {}
+
+
+def bad_dicom_multi_frame(tmp_path, monkeypatch):
+    folder = tmp_path / "multi_frame"
+    folder.mkdir()
+    volume = make_volume(direction=OBLIQUE)
+    for key, value in (("0008|0060", "MR"), ("0020|000e", "1.2.826.0.1.3680043.8.498.50")):
+        volume.SetMetaData(key, value)
+    write_image(folder, "volume.dcm", volume)
+    return folder, {}
+
+
 BAD_FOLDERS = [
     (bad_dicom_too_large, "size 8x7x6): needs about"),
     (bad_empty_folder, "empty"),
@@ -111,6 +164,12 @@ BAD_FOLDERS = [
     (bad_unknown_series, "9.9.9"),
     (bad_dicom_gap, "unevenly spaced"),
     (bad_dicom_duplicate_positions, "same position"),
+    (bad_dicom_echoes_numbered_in_turn, "6 slices at the same position"),
+    (bad_dicom_gantry_tilt, "sheared slice stack"),
+    (bad_dicom_localizer_in_series, "different orientations in one series (loc007.dcm"),
+    (bad_dicom_slice_of_other_size, "different sizes in one series (z007.dcm is 9x9, slice001.dcm is 8x7"),
+    (bad_dicom_single_slice, "single dicom slice"),
+    (bad_dicom_multi_frame, "volume.dcm holds 6 frames (multi-frame"),
 ]
 
 
@@ -143,6 +202,37 @@ def test_dicom_problems_print_no_itk_warnings(tmp_path, monkeypatch, capfd, make
     with pytest.raises(InputError):
         read_image(path, **kwargs)
     assert "WARNING" not in capfd.readouterr().err
+
+
+class _SliceTags:
+    """A stand-in for an ImageSeriesReader's per-slice tags (``None``: tag absent)."""
+
+    def __init__(self, positions, orientation="1\\0\\0\\0\\1\\0"):
+        self.tags = [{"0020|0032": p, "0020|0037": orientation} for p in positions]
+
+    def GetFileNames(self):
+        return [f"IM{i}" for i in range(len(self.tags))]
+
+    def HasMetaDataKey(self, index, key):
+        return self.tags[index].get(key) is not None
+
+    def GetMetaData(self, index, key):
+        return self.tags[index][key]
+
+
+def test_slice_without_position_is_refused(tmp_path):
+    image = sitk.Image(4, 4, 3, sitk.sitkFloat32)
+    dicom.check_slice_positions(tmp_path, _SliceTags(["0\\0\\0", "0\\0\\1", "0\\0\\2"]), image, 3)
+    with pytest.raises(InputError, match="IM1 has no valid ImagePositionPatient"):
+        dicom.check_slice_positions(tmp_path, _SliceTags(["0\\0\\0", None, "0\\0\\2"]), image, 3)
+
+
+@pytest.mark.parametrize("direction", [AXIAL, OBLIQUE], ids=["axial", "oblique"])
+def test_shear_below_the_limit_is_read(tmp_path, direction):
+    folder = tmp_path / "series"
+    source = make_volume(direction=direction)  # 3 mm slices: 0.002 mm/slice is 0.04 degrees
+    write_dicom_series(source, folder, "1.2.826.0.1.3680043.8.498.51", tilt_mm=0.002)
+    assert_same_geometry(read_image(folder), source, 1e-5)
 
 
 def test_quiet_itk_restores_the_warning_setting():
