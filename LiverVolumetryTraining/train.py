@@ -318,10 +318,9 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
                   "iterations_per_epoch": per_epoch, "world_size": ctx.world_size, "device": str(ctx.device),
                   "train": entry_dicts(train_entries), "validation": entry_dicts(val_entries),
                   "precision": precision_name(amp)}
-        if recorded is not None:  # resumed: the weights started where the recorded run started
-            if recorded.get("init_from"):
-                config["init_from"] = recorded["init_from"]
-        elif start_bundle is not None:
+        if recorded is not None and recorded.get("init_from"):  # resumed: weights began as recorded
+            config["init_from"] = recorded["init_from"]
+        elif recorded is None and start_bundle is not None:
             config["init_from"] = {"name": start_bundle.name, "version": start_bundle.version,
                                    "sha256": start_bundle.sha256}
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,8 +336,7 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     if state is not None:
         network.load_state_dict(state["model"])
         start, best = int(state["iteration"]), float(state["best_dice"])
-        # Dropout's stream (torch's) re-derived for the resumed span, as the samplers' are:
-        # re-seeded as at the start, it would repeat the first iterations' dropout masks.
+        # Dropout's stream re-derived for the resumed span (as the samplers'), not repeated.
         torch.manual_seed(int(np.random.SeedSequence([seed + ctx.rank, start]).generate_state(1)[0]))
         say(f"resuming at iteration {start}")
     elif start_bundle is not None:
@@ -370,8 +368,7 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
             loss.backward()
             optimizer.step()
             running.append(loss.item())
-            done = iteration + 1
-            run_log.step(done, running[-1], lr)
+            run_log.step(done := iteration + 1, running[-1], lr)
             if done % validate_every == 0 or done == iterations:
                 loss_mean = ctx.mean(float(np.mean(running)))
                 if ctx.is_main:
