@@ -23,7 +23,7 @@ from .errors import CancelledError, LiverVolumetryError, OutputError
 from .inputs import InputCase
 from .reporting import Reporter
 
-LEADING_COLUMNS = ("case", "input", "volume_ml", "voxel_count")
+LEADING_COLUMNS = ("case", "input", "series_uid", "volume_ml", "voxel_count")
 TRAILING_COLUMNS = ("model_name", "model_version", "device", "seconds", "unsure_fraction", "warnings", "status",
                     "error")
 TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
@@ -89,7 +89,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
                  overwrite: bool, reporter: Reporter, cancel=None) -> dict:
     """Segment, measure and write one case; returns its table row (raises on failure)."""
     from .confidence import confidence_warnings
-    from .imageio import read_image
+    from .imageio import read_image, series_uid_of
     from .measure import measure
     from .outputs import write_mask, write_segmentation
     from .plausibility import plausibility_warnings
@@ -125,7 +125,8 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         write_mask(result.mask, mask_tmp)
         write_segmentation(result.mask, seg_tmp)
         write_qc_png(image, result.mask, qc_tmp, title=title, warnings=warnings)
-    return {"case": item.case, "input": str(item.path), **{k: _finite(v) for k, v in values.items()},
+    return {"case": item.case, "input": str(item.path), "series_uid": series_uid_of(image),
+            **{k: _finite(v) for k, v in values.items()},
             "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
             "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 3),
             "warnings": "; ".join(warnings), "status": "ok", "error": None}
@@ -147,10 +148,14 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
     if overwrite:
         return
     for item in cases:
-        recorded = table.rows.get(item.case, {}).get("input")
+        row = table.rows.get(item.case, {})
+        recorded, series = row.get("input"), row.get("series_uid")
         if recorded and not _same_input(str(recorded), item.path):
             raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another input "
                                                    f"({recorded}); use another output folder or --overwrite")
+        if series and item.series_uid and series != item.series_uid:
+            raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another DICOM series "
+                                                   f"({series}); use another output folder or --overwrite")
 
 
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,

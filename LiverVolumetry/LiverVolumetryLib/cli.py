@@ -69,7 +69,7 @@ def _check_text(row: dict) -> str:
 
 def cmd_measure(args) -> int:
     from .batch import ResultsTable
-    from .imageio import case_id, read_image
+    from .imageio import case_id, read_image, series_uid_of
     from .masks import read_mask
     from .measure import measure
     from .plausibility import plausibility_warnings
@@ -91,7 +91,8 @@ def cmd_measure(args) -> int:
         raise LiverVolumetryError(f"{args.mask}: {error}") from None
     finally:
         reporter.close()
-    row = {"case": case, "input": str(args.image), "mask": str(args.mask), **values,
+    row = {"case": case, "input": str(args.image), "series_uid": series_uid_of(image), "mask": str(args.mask),
+           **values,
            "warnings": "; ".join(plausibility_warnings(image, mask)), "status": "ok", "error": None}
     say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
     say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +

@@ -28,6 +28,8 @@ from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_err
                     read_series_header)
 from .dicom import sitk_reason as _sitk_reason
 from .errors import InputError
+
+SERIES_UID_TAG = "0020|000e"  # SeriesInstanceUID
 from .niftifile import check_nifti_complete, check_nifti_finite
 
 __all__ = [
@@ -296,7 +298,13 @@ def _read_dicom(folder: Path, series_uid: str | None) -> sitk.Image:
     _check_memory(folder, header.size)
     image = read_series(folder, chosen)
     _check_layout(folder, image.GetDimension(), image.GetSize(), 1)
+    image.SetMetaData(SERIES_UID_TAG, chosen.uid)  # which series was read, for the results table
     return image
+
+
+def series_uid_of(image: sitk.Image) -> str | None:
+    """The SeriesInstanceUID of a volume :func:`read_image` read from a DICOM folder, else None."""
+    return image.GetMetaData(SERIES_UID_TAG) if image.HasMetaDataKey(SERIES_UID_TAG) else None
 
 
 def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:

@@ -50,7 +50,8 @@ def test_segment_writes_the_output_contract(phantom_file, tmp_path):
     features = [k for k in rows[0] if k.startswith("original_")]
     assert len(features) >= 100
     header = (out / "measurements.csv").read_text().splitlines()[0].split(",")
-    assert header[:3] == ["case", "input", "volume_ml"]
+    assert header[:4] == ["case", "input", "series_uid", "volume_ml"]  # series_uid: empty for image files
+    assert rows[0]["series_uid"] is None
     for column in ("model_name", "model_version", "device", "seconds", "status", "error"):
         assert column in header
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"

@@ -296,3 +296,30 @@ def test_module_api_header_then_pixels(tmp_path):
 def test_reexports_are_the_dicom_module_objects():
     assert imageio.DicomSeries is dicom.DicomSeries
     assert imageio.list_dicom_series is dicom.list_dicom_series
+
+
+def test_results_record_the_series_and_another_series_of_the_folder_is_not_taken_for_it(tmp_path, capsys):
+    from LiverVolumetryLib.cli import main
+    from LiverVolumetryLib.phantom import make_phantom
+
+    folder, uids = tmp_path / "study", ("1.2.826.0.1.3680043.8.498.31", "1.2.826.0.1.3680043.8.498.32")
+    for seed, uid, prefix in ((3, uids[0], "a"), (4, uids[1], "b")):
+        image = sitk.Cast(sitk.RescaleIntensity(make_phantom(seed, shape=(80, 64, 26), spacing=(5.0, 5.0, 9.0),
+                                                             orientation="LPS", oblique_degrees=0).image, 0, 2000),
+                          sitk.sitkInt16)
+        write_dicom_series(image, folder, uid, prefix=prefix)
+    out = tmp_path / "out"
+    arguments = ["segment", str(folder), "-o", str(out), "--no-radiomics", "--progress", "none", "--series"]
+    assert main([*arguments, uids[0]]) == 0
+    table = (out / "measurements.csv").read_text(encoding="utf-8")
+    assert uids[0] in table and table.splitlines()[0].startswith("case,input,series_uid,volume_ml")
+    capsys.readouterr()
+    # The same folder and case name, another series: not a resume of the first one.
+    assert main([*arguments, uids[1]]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "another DICOM series" in error and uids[0] in error and "\n" not in error
+    assert (out / "measurements.csv").read_text(encoding="utf-8") == table
+    assert main([*arguments, uids[0]]) == 0  # the same series resumes
+    assert main(["measure", str(folder), str(out / "study_liver.nii.gz"), "--no-radiomics", "--progress", "none",
+                 "--series", uids[0], "-o", str(tmp_path / "m")]) == 0
+    assert uids[0] in (tmp_path / "m" / "measurements.csv").read_text(encoding="utf-8")
