@@ -34,7 +34,7 @@ from .niftifile import check_nifti_complete, check_nifti_finite
 
 __all__ = [
     "IMAGE_SUFFIXES", "DicomSeries", "available_memory_bytes", "case_id", "estimate_memory_bytes",
-    "image_suffix", "list_dicom_series", "read_image", "read_mask", "validate_image",
+    "image_suffix", "list_dicom_series", "read_image", "read_mask", "series_uid_of", "validate_image",
 ]
 
 #: File suffixes read as images (lower case; ``.seg.nrrd`` is a ``.nrrd``).
