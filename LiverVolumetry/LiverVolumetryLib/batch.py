@@ -140,6 +140,13 @@ def _same_input(recorded: str, path: Path) -> bool:
         return False
 
 
+def _series_read(item: InputCase) -> str:
+    """The UID of the series ``item`` names (by UID or description), as reading would choose it."""
+    from .dicom import choose_series, list_dicom_series
+
+    return choose_series(item.path, list_dicom_series(item.path), item.series_uid).uid
+
+
 def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTable, overwrite: bool) -> None:
     """Refuse an output path that is a file, and a table row of the same case name that came
     from another input (resuming would report that scan's results for this one)."""
@@ -153,7 +160,7 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
         if recorded and not _same_input(str(recorded), item.path):
             raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another input "
                                                    f"({recorded}); use another output folder or --overwrite")
-        if series and item.series_uid and series != item.series_uid:
+        if series and item.series_uid and series != item.series_uid and series != _series_read(item):
             raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another DICOM series "
                                                    f"({series}); use another output folder or --overwrite")
 

@@ -62,6 +62,10 @@ def _refuse_output_among_inputs(inputs: list[str], output: Path) -> None:
                                       "scans (choose another output folder)")
 
 
+SERIES_HELP = ("the DICOM series to read when a folder holds several: its SeriesInstanceUID, or its "
+               "SeriesDescription (one description picks that kind of series in every folder)")
+
+
 def _check_text(row: dict) -> str:
     """'' or ' - check: <the row's plausibility warnings>' for a summary line."""
     return f" - check: {row['warnings']}" if row.get("warnings") else ""
@@ -177,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", help="image files (.nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd), DICOM series "
                                                "folders, folders of images, or a CSV manifest (column 'image')")
     seg.add_argument("-o", "--output", required=True, help="output folder")
-    seg.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several series")
+    seg.add_argument("--series", help=SERIES_HELP)
     _common(seg)
     seg.set_defaults(func=cmd_segment)
     mea = sub.add_parser("measure", help="volume and radiomics of a (hand-corrected) liver mask")
@@ -186,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     mea.add_argument("-o", "--output", help="output folder for measurements.csv/json (default: print only)")
     mea.add_argument("--case", help="case name in the table (default: image file name)")
     mea.add_argument("--label", type=int, help="liver label value in the mask (default: any non-zero)")
-    mea.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several series")
+    mea.add_argument("--series", help=SERIES_HELP)
     mea.add_argument("--no-radiomics", action="store_true")
     mea.add_argument("--overwrite", action="store_true", help="replace this case's row if the table has one")
     mea.add_argument("--progress", default="none", choices=("none", "text", "json"),

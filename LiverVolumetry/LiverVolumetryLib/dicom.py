@@ -137,18 +137,26 @@ def no_series_error(folder: str | os.PathLike,
 
 
 def choose_series(folder: str | os.PathLike, series: Sequence[DicomSeries],
-                  series_uid: str | None = None) -> DicomSeries:
-    """The series to read among the (non-empty) ``series`` of ``folder``: the one named
-    ``series_uid``, else the only one. Raises InputError listing the series otherwise."""
-    if series_uid is not None:
-        chosen = [s for s in series if s.uid == series_uid]
+                  wanted: str | None = None) -> DicomSeries:
+    """The series to read among the (non-empty) ``series`` of ``folder``: the one whose
+    SeriesInstanceUID is ``wanted``, else the only one whose SeriesDescription is
+    ``wanted`` (ignoring case and outer spaces: one name picks the same kind of series in
+    every study of a cohort), else the only one. Raises InputError listing the series
+    otherwise."""
+    if wanted is not None:
+        chosen = [s for s in series if s.uid == wanted]
         if not chosen:
-            raise InputError(folder, f"has no DICOM series with UID {series_uid}; it holds: "
+            chosen = [s for s in series if s.description.strip().lower() == wanted.strip().lower()]
+        if len(chosen) > 1:
+            raise InputError(folder, f"has {len(chosen)} DICOM series described '{wanted}'; choose one "
+                                     f"by UID: {series_summary(chosen)}")
+        if not chosen:
+            raise InputError(folder, f"has no DICOM series with UID or description '{wanted}'; it holds: "
                                      f"{series_summary(series)}")
         return chosen[0]
     if len(series) > 1:
         raise InputError(folder, f"holds {len(series)} DICOM series; choose one with "
-                                 f"--series UID: {series_summary(series)}")
+                                 f"--series (its UID or description): {series_summary(series)}")
     return series[0]
 
 

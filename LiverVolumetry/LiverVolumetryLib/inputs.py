@@ -23,7 +23,9 @@ _IMAGE_COLUMNS = ("image", "path")
 @dataclass(frozen=True)
 class InputCase:
     """One case: its name (outputs are named after it), the image file or DICOM folder,
-    and the DICOM series to read from that folder (None: the folder's only series)."""
+    and the DICOM series to read from that folder: its UID, or its SeriesDescription when
+    that names one series (a manifest's ``series_uid``, else ``--series``; None: the
+    folder's only series)."""
 
     case: str
     path: Path

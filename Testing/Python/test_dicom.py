@@ -303,11 +303,11 @@ def test_results_record_the_series_and_another_series_of_the_folder_is_not_taken
     from LiverVolumetryLib.phantom import make_phantom
 
     folder, uids = tmp_path / "study", ("1.2.826.0.1.3680043.8.498.31", "1.2.826.0.1.3680043.8.498.32")
-    for seed, uid, prefix in ((3, uids[0], "a"), (4, uids[1], "b")):
+    for seed, uid, prefix, description in ((3, uids[0], "a", "T2 HASTE"), (4, uids[1], "b", "T1 VIBE pv")):
         image = sitk.Cast(sitk.RescaleIntensity(make_phantom(seed, shape=(80, 64, 26), spacing=(5.0, 5.0, 9.0),
                                                              orientation="LPS", oblique_degrees=0).image, 0, 2000),
                           sitk.sitkInt16)
-        write_dicom_series(image, folder, uid, prefix=prefix)
+        write_dicom_series(image, folder, uid, description, prefix=prefix)
     out = tmp_path / "out"
     arguments = ["segment", str(folder), "-o", str(out), "--no-radiomics", "--progress", "none", "--series"]
     assert main([*arguments, uids[0]]) == 0
@@ -319,7 +319,18 @@ def test_results_record_the_series_and_another_series_of_the_folder_is_not_taken
     error = capsys.readouterr().err.strip()
     assert "another DICOM series" in error and uids[0] in error and "\n" not in error
     assert (out / "measurements.csv").read_text(encoding="utf-8") == table
-    assert main([*arguments, uids[0]]) == 0  # the same series resumes
+    assert main([*arguments, " t2 haste"]) == 0  # the same series, by its description: resumed
+    assert (out / "measurements.csv").read_text(encoding="utf-8") == table  # skipped: same seconds, same row
     assert main(["measure", str(folder), str(out / "study_liver.nii.gz"), "--no-radiomics", "--progress", "none",
                  "--series", uids[0], "-o", str(tmp_path / "m")]) == 0
     assert uids[0] in (tmp_path / "m" / "measurements.csv").read_text(encoding="utf-8")
+
+
+def test_a_series_description_picks_the_series_and_an_ambiguous_one_is_refused(tmp_path, monkeypatch):
+    folder, _ = bad_two_series(tmp_path, monkeypatch)  # descriptions "T2" and "T1"
+    image = read_image(folder, series_uid=" t1")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayFromImage(make_volume(seed=1)))
+    assert imageio.series_uid_of(image) == "1.2.826.0.1.3680043.8.498.22"
+    write_dicom_series(make_volume(seed=2), folder, "1.2.826.0.1.3680043.8.498.33", "T1", "c")
+    assert_read_fails_in_one_line(folder, {"series_uid": "T1"}, "2 dicom series described 't1'")
+    assert_read_fails_in_one_line(folder, {"series_uid": "T1 VIBE"}, "no dicom series with uid or description")
