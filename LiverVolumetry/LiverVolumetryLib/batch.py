@@ -61,7 +61,9 @@ class ResultsTable:
 
         self.out_dir = out_dir
         self.existed = (out_dir / TABLE_JSON).is_file()
-        self.rows: dict[str, dict] = {str(r.get("case")): r for r in read_measurements(out_dir / TABLE_JSON)}
+        # In canonical order: a table written before a column existed (series_uid) gets it in its place.
+        self.rows: dict[str, dict] = {str(r.get("case")): ordered_row(r)
+                                      for r in read_measurements(out_dir / TABLE_JSON)}
 
     def finished(self, case: str) -> bool:
         return self.rows.get(case, {}).get("status") == "ok"

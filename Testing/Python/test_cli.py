@@ -286,3 +286,16 @@ def test_measure_refuses_an_existing_row_before_any_work(phantom_file, tmp_path,
     capsys.readouterr()
     assert main(["measure", str(path), str(mask_path), "-o", str(out)]) == 1
     assert "already has a row for case 'case_a'" in capsys.readouterr().err
+
+
+def test_a_table_written_before_the_series_uid_column_keeps_the_column_order_when_resumed(tmp_path):
+    from LiverVolumetryLib.batch import ResultsTable
+    from LiverVolumetryLib.outputs import write_measurements
+
+    old = {"case": "a", "input": "a.nii.gz", "volume_ml": 1.0, "voxel_count": 3, "model_name": "m", "status": "ok",
+           "error": None}  # an older release's row: no series_uid
+    write_measurements([old], tmp_path / "measurements.csv", tmp_path / "measurements.json")
+    table = ResultsTable(tmp_path)
+    table.put({"case": "b", "input": "b", "series_uid": "1.2.3", "volume_ml": 2.0, "voxel_count": 4, "status": "ok"})
+    header = (tmp_path / "measurements.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert header[:4] == ["case", "input", "series_uid", "volume_ml"] and header[-1] == "error", header
