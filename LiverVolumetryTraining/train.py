@@ -336,8 +336,8 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     if state is not None:
         network.load_state_dict(state["model"])
         start, best = int(state["iteration"]), float(state["best_dice"])
-        # Dropout's stream re-derived for the resumed span (as the samplers'), not repeated.
-        torch.manual_seed(int(np.random.SeedSequence([seed + ctx.rank, start]).generate_state(1)[0]))
+        # Dropout's stream re-derived for the resumed span, not repeated (and not the sampler's).
+        torch.manual_seed(int(np.random.SeedSequence([seed + ctx.rank, start, 1]).generate_state(1)[0]))
         say(f"resuming at iteration {start}")
     elif start_bundle is not None:
         network.load_state_dict(start_bundle.load_state_dict())
