@@ -136,6 +136,13 @@ def no_series_error(folder: str | os.PathLike,
                               + hint)
 
 
+def matching_series(series: Sequence[DicomSeries], wanted: str) -> list[DicomSeries]:
+    """The series whose UID is ``wanted``, else those whose SeriesDescription is (ignoring
+    case and outer spaces)."""
+    by_uid = [s for s in series if s.uid == wanted]
+    return by_uid or [s for s in series if s.description.strip().lower() == wanted.strip().lower()]
+
+
 def choose_series(folder: str | os.PathLike, series: Sequence[DicomSeries],
                   wanted: str | None = None) -> DicomSeries:
     """The series to read among the (non-empty) ``series`` of ``folder``: the one whose
@@ -144,9 +151,7 @@ def choose_series(folder: str | os.PathLike, series: Sequence[DicomSeries],
     every study of a cohort), else the only one. Raises InputError listing the series
     otherwise."""
     if wanted is not None:
-        chosen = [s for s in series if s.uid == wanted]
-        if not chosen:
-            chosen = [s for s in series if s.description.strip().lower() == wanted.strip().lower()]
+        chosen = matching_series(series, wanted)
         if len(chosen) > 1:
             raise InputError(folder, f"has {len(chosen)} DICOM series described '{wanted}'; choose one "
                                      f"by UID: {series_summary(chosen)}")

@@ -1,8 +1,9 @@
 """Turning command-line arguments into a list of cases to process.
 
 An argument is an image file, a folder, or a CSV manifest. No pixel data is read here
-(only directory listings, 132-byte DICOM magic checks and the CSV), so this is fast even
-for large batches; each case is fully checked later when it is read.
+(only directory listings, 132-byte DICOM magic checks and the CSV; with a series chosen,
+the DICOM headers of sub-folders), so this is fast even for large batches; each case is
+fully checked later when it is read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dicom import list_dicom_series, matching_series
 from .errors import InputError
 from .imageio import IMAGE_SUFFIXES, case_id, image_suffix
 
@@ -87,14 +89,20 @@ def _subfolder_case(folder: Path, sub: Path) -> str:
 
 
 def _cases_from_folder(folder: Path, series_uid: str | None) -> list[InputCase]:
-    """One DICOM case, or the folder's image files plus its DICOM sub-folders."""
+    """One DICOM case, or the folder's image files plus its DICOM sub-folders (with a
+    series chosen, only the sub-folders holding it: an export with a folder per series)."""
     if folder_holds_dicom(folder):
         return [InputCase(case_id(folder), folder, series_uid)]
     files = sorted((p for p in folder.iterdir() if _is_input_image(p)),
                    key=lambda p: _natural_key(p.name))
+    subfolders = _dicom_subfolders(folder)
+    if series_uid is not None and subfolders:
+        subfolders = [sub for sub in subfolders if matching_series(list_dicom_series(sub), series_uid)]
+        if not subfolders:
+            raise InputError(folder, f"no DICOM folder below it holds a series with UID or description "
+                                     f"'{series_uid}'")
     cases = [InputCase(case_id(p), p) for p in files]
-    cases += [InputCase(_subfolder_case(folder, sub), sub, series_uid)
-              for sub in _dicom_subfolders(folder)]
+    cases += [InputCase(_subfolder_case(folder, sub), sub, series_uid) for sub in subfolders]
     if not cases:
         raise InputError(folder, f"holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
                                  "and no DICOM series")

@@ -334,3 +334,20 @@ def test_a_series_description_picks_the_series_and_an_ambiguous_one_is_refused(t
     write_dicom_series(make_volume(seed=2), folder, "1.2.826.0.1.3680043.8.498.33", "T1", "c")
     assert_read_fails_in_one_line(folder, {"series_uid": "T1"}, "2 dicom series described 't1'")
     assert_read_fails_in_one_line(folder, {"series_uid": "T1 VIBE"}, "no dicom series with uid or description")
+
+
+def test_a_chosen_series_keeps_only_the_folders_that_hold_it_in_a_tree_of_studies(tmp_path):
+    from LiverVolumetryLib.inputs import collect_inputs
+
+    for k, patient in enumerate(("p1", "p2")):
+        write_dicom_series(make_volume(seed=k), tmp_path / "studies" / patient / "s1",
+                           f"1.2.826.0.1.3680043.8.498.4{k}", "T2 HASTE", "a")
+        write_dicom_series(make_volume(seed=k + 5), tmp_path / "studies" / patient / "s2",
+                           f"1.2.826.0.1.3680043.8.498.5{k}", "T1 VIBE pv", "b")
+    assert [c.case for c in collect_inputs([tmp_path / "studies"])] == ["p1_s1", "p1_s2", "p2_s1", "p2_s2"]
+    chosen = collect_inputs([tmp_path / "studies"], series_uid="t1 vibe PV")
+    assert [(c.case, c.series_uid) for c in chosen] == [("p1_s2", "t1 vibe PV"), ("p2_s2", "t1 vibe PV")]
+    assert [c.case for c in collect_inputs([tmp_path / "studies"], series_uid="1.2.826.0.1.3680043.8.498.41")] == \
+        ["p2_s1"]
+    with pytest.raises(InputError, match="no DICOM folder below it holds a series with UID or description 'T1 fs'"):
+        collect_inputs([tmp_path / "studies"], series_uid="T1 fs")

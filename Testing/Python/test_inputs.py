@@ -69,10 +69,11 @@ def test_nested_dicom_subfolders_and_images(tmp_path):
     write_dicom(tmp_path / "p2" / "T2")
     write_dicom(tmp_path / "p3")
     write_image(tmp_path / "p4" / "deeper_image.nii.gz")  # images below the top are not cases
-    found = collect_inputs([tmp_path], series_uid="9.8")
+    uid = "1.2.826.0.1.3680043.8.498.7"  # write_dicom's
+    found = collect_inputs([tmp_path], series_uid=uid)
     assert [(c.case, c.path.relative_to(tmp_path).as_posix(), c.series_uid) for c in found] == [
-        ("scan", "scan.nii.gz", None), ("p1_T2", "p1/T2", "9.8"),
-        ("p2_T2", "p2/T2", "9.8"), ("p3", "p3", "9.8")]
+        ("scan", "scan.nii.gz", None), ("p1_T2", "p1/T2", uid),
+        ("p2_T2", "p2/T2", uid), ("p3", "p3", uid)]
 
 
 def test_csv_manifest_with_relative_paths(tmp_path):
