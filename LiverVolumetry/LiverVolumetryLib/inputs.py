@@ -88,6 +88,16 @@ def _subfolder_case(folder: Path, sub: Path) -> str:
     return "_".join(sub.relative_to(folder).parts)
 
 
+def _holds_series(folder: Path, wanted: str) -> bool:
+    """Whether DICOM ``folder`` holds the series ``wanted`` (UID or description). A folder
+    whose series cannot be listed is kept: its read records why as that case's error,
+    instead of one unreadable folder stopping the whole cohort here."""
+    try:
+        return bool(matching_series(list_dicom_series(folder), wanted))
+    except InputError:
+        return True
+
+
 def _cases_from_folder(folder: Path, series_uid: str | None) -> list[InputCase]:
     """One DICOM case, or the folder's image files plus its DICOM sub-folders (with a
     series chosen, only the sub-folders holding it: an export with a folder per series)."""
@@ -97,7 +107,7 @@ def _cases_from_folder(folder: Path, series_uid: str | None) -> list[InputCase]:
                    key=lambda p: _natural_key(p.name))
     subfolders = _dicom_subfolders(folder)
     if series_uid is not None and subfolders:
-        subfolders = [sub for sub in subfolders if matching_series(list_dicom_series(sub), series_uid)]
+        subfolders = [sub for sub in subfolders if _holds_series(sub, series_uid)]
         if not subfolders:
             raise InputError(folder, f"no DICOM folder below it holds a series with UID or description "
                                      f"'{series_uid}'")

@@ -76,6 +76,18 @@ def test_nested_dicom_subfolders_and_images(tmp_path):
         ("p2_T2", "p2/T2", uid), ("p3", "p3", uid)]
 
 
+def test_a_folder_whose_series_cannot_be_listed_is_kept_for_its_read_to_report(tmp_path):
+    write_dicom(tmp_path / "p1" / "T1", "1.2.826.0.1.3680043.8.498.7")
+    bad = write_dicom(tmp_path / "p2" / "T1", "1.2.826.0.1.3680043.8.498.8")
+    bits_allocated_16 = b"\x28\x00\x00\x01\x02\x00\x00\x00\x10\x00"  # (0028,0100) US 16, implicit VR
+    for file in bad.iterdir():  # BitsAllocated 7: GDCM lists the file, its header cannot be read
+        data = file.read_bytes()
+        assert data.count(bits_allocated_16) == 1
+        file.write_bytes(data.replace(bits_allocated_16, bits_allocated_16[:-2] + b"\x07\x00"))
+    found = collect_inputs([tmp_path], series_uid="1.2.826.0.1.3680043.8.498.7")
+    assert [c.case for c in found] == ["p1_T1", "p2_T1"]  # not an InputError for the whole run
+
+
 def test_csv_manifest_with_relative_paths(tmp_path):
     data = tmp_path / "data"
     write_image(data / "a.nii.gz")
