@@ -135,8 +135,9 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            # Widgets carry a "SlicerParameterName" property in the .ui file.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # The .ui widgets named by "SlicerParameterName"; connectGui() returns no tag (Slicer#7547).
+            widgets = {n: w for w in vars(self.ui).values() if (n := w.property("SlicerParameterName"))}
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(widgets)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateButtons()
 

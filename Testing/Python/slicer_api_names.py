@@ -20,6 +20,7 @@ SCRIPTED_MODULE = "Base/Python/slicer/ScriptedLoadableModule.py"
 PARAMETER_WRAPPER = "Base/Python/slicer/parameterNodeWrapper/wrapper.py"
 SEGMENT_STATISTICS = "Modules/Scripted/SegmentStatistics/SegmentStatistics.py"
 TRANSFORMABLE_NODE_H = "Libs/MRML/Core/vtkMRMLTransformableNode.h"
+QMRML_NODE_COMBOBOX_H = "Libs/MRML/Widgets/qMRMLNodeComboBox.h"
 
 # slicer.util.<name> (called, or imported with ``from slicer.util import``)
 SLICER_UTIL = {
@@ -154,8 +155,51 @@ SLICER_OBJECT_METHODS = {
     "SampleData.SampleDataLogic": {
         "registerCustomSampleDataSource": "Modules/Scripted/SampleData/SampleData.py (customDownloader is called with the source)",
     },
+    "self._timer": {  # qt.QTimer (Qt: qtimer.h); the same polling as SlicerMONAIAuto3DSeg's WebServer
+        "connect": "Qt: qobject.h (PythonQt connect(signal, callable))",
+        "setInterval": "Qt: qtimer.h",
+        "start": "Qt: qtimer.h",
+        "stop": "Qt: qtimer.h",
+    },
     "self._parameterNode": {  # a parameterNodeWrapper instance
-        "connectGui": PARAMETER_WRAPPER,
+        # connectGui() does not return its tag (wrapper.py _connectGui; Slicer issue #7547, PR #8667),
+        # so disconnectGui(None) would not disconnect: the module uses the tag-returning call.
+        "connectParametersToGui": PARAMETER_WRAPPER + " (mapping name -> widget; returns the tag)",
         "disconnectGui": PARAMETER_WRAPPER,
     },
+}
+
+# qt.* / vtk.* names (the longest dotted name as written in the code)
+QT_VTK = {
+    "qt.QFileDialog.getSaveFileName": "Qt: qfiledialog.h (parent, caption, dir, filter) -> str in PythonQt",
+    "qt.QTimer": "Qt: qtimer.h",
+    "vtk.VTK_OBJECT": "VTK: Wrapping/Python/vtkmodules/util/vtkConstants.py",
+    "vtk.calldata_type": "VTK: Wrapping/Python/vtkmodules/util/misc.py",
+    "vtk.vtkCommand.ModifiedEvent": "VTK: Common/Core/vtkCommand.h; " + PARAMETER_WRAPPER,
+    "vtk.vtkDoubleArray": "VTK: Common/Core/vtkDoubleArray.h",
+    "vtk.vtkStringArray": "VTK: Common/Core/vtkStringArray.h; " + SEGMENTATIONS_LOGIC_H,
+}
+
+# signals given to connect("...")
+SIGNALS = {
+    "clicked(bool)": "Qt: qabstractbutton.h; " + TEMPLATE + " (applyButton)",
+    "startupCompleted()": TEMPLATE + " (slicer.app)",
+    "timeout()": "Qt: qtimer.h",
+}
+
+# properties set in the .ui file, per widget class (checked against the class's Q_PROPERTY list)
+UI_PROPERTIES = {
+    "qMRMLWidget": {"geometry": "Qt: qwidget.h"},
+    "ctkCollapsibleButton": {"text": "CTK: Libs/Widgets/ctkCollapsibleButton.h",
+                             "collapsed": "CTK: Libs/Widgets/ctkCollapsibleButton.h"},
+    "qMRMLNodeComboBox": {name: QMRML_NODE_COMBOBOX_H for name in (
+        "toolTip", "nodeTypes", "showChildNodeTypes", "addEnabled", "removeEnabled", "noneEnabled",
+        "noneDisplay", "renameEnabled")},
+    "ctkPathLineEdit": {"toolTip": "Qt: qwidget.h", "filters": "CTK: Libs/Widgets/ctkPathLineEdit.h (Filters, Dirs)"},
+    "QLabel": {"text": "Qt: qlabel.h", "wordWrap": "Qt: qlabel.h"},
+    "QPushButton": {"text": "Qt: qabstractbutton.h", "toolTip": "Qt: qwidget.h", "enabled": "Qt: qwidget.h"},
+    "QComboBox": {"toolTip": "Qt: qwidget.h"},
+    "QCheckBox": {"toolTip": "Qt: qwidget.h"},
+    "QProgressBar": {"value": "Qt: qprogressbar.h", "format": "Qt: qprogressbar.h"},
+    "QPlainTextEdit": {"readOnly": "Qt: qplaintextedit.h", "maximumBlockCount": "Qt: qplaintextedit.h"},
 }

@@ -138,6 +138,31 @@ def test_node_selectors_get_the_scene():
     assert selectors and selectors <= connected
 
 
+def test_gui_connection_keeps_a_tag_that_disconnects():
+    """Slicer's connectGui() returns None (parameterNodeWrapper/wrapper.py, issue #7547), so its
+    result cannot be given to disconnectGui(): exit()/cleanup() would leave the widgets bound and
+    every enter() would bind them once more. connectParametersToGui() returns the real tag."""
+    calls = {ast.unparse(n.func) for n in ast.walk(_tree(MODULE_FILE)) if isinstance(n, ast.Call)}
+    assert "self._parameterNode.connectGui" not in calls
+    assert "self._parameterNode.connectParametersToGui" in calls
+    assigned = {ast.unparse(n.value.func) for n in ast.walk(_tree(MODULE_FILE))
+                if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+                and ast.unparse(n.targets[0]) == "self._parameterNodeGuiTag"}
+    assert assigned == {"self._parameterNode.connectParametersToGui"}
+
+
+def test_ui_properties_are_verified_for_their_widget_class():
+    """Every <property> set in the .ui exists on that class (slicer_api_names.UI_PROPERTIES);
+    the dynamic SlicerParameterName (stdset=0) is the parameterNodeWrapper binding."""
+    for widget in _ui_root().iter("widget"):
+        for prop in widget.findall("property"):
+            name = prop.get("name")
+            if name == "SlicerParameterName":
+                assert prop.get("stdset") == "0", widget.get("name")
+                continue
+            assert name in api.UI_PROPERTIES.get(widget.get("class"), {}), (widget.get("name"), name)
+
+
 def test_custom_widgets_are_declared():
     declared = {c.findtext("class") for c in _ui_root().iter("customwidget")}
     used = {cls for cls in _ui_widgets().values() if not cls.startswith("Q")}
@@ -159,7 +184,8 @@ def _imported_module_names(tree: ast.Module) -> set[str]:
 
 def _collect_api_use() -> dict[str, set]:
     """Slicer names the module's files use, by category of slicer_api_names."""
-    used = {"util": set(), "app": set(), "modules": set(), "scene": set(), "mrml": set(), "imports": set()}
+    used = {"util": set(), "app": set(), "modules": set(), "scene": set(), "mrml": set(), "imports": set(),
+            "qtvtk": set(), "signals": set()}
     receivers: dict[str, set] = {key: set() for key in api.SLICER_OBJECT_METHODS}
     for path in SOURCES:
         tree = _tree(path)
@@ -171,6 +197,8 @@ def _collect_api_use() -> dict[str, set]:
                 used["imports"] |= {f"{node.module}.{a.name}" for a in node.names}
             if not isinstance(node, ast.Attribute):
                 continue
+            if ast.unparse(node).split(".")[0] in ("qt", "vtk", "ctk"):
+                used["qtvtk"].add(ast.unparse(node))
             owner = ast.unparse(node.value)
             if owner == "slicer.util":
                 used["util"].add(node.attr)
@@ -188,6 +216,10 @@ def _collect_api_use() -> dict[str, set]:
                     used["mrml"].add(method)
             if owner_text in receivers and method[:1].islower():
                 receivers[owner_text].add(method)
+            if method == "connect" and call.args and isinstance(call.args[0], ast.Constant):
+                used["signals"].add(call.args[0].value)
+    # keep the longest dotted names only (vtk.vtkCommand.ModifiedEvent, not vtk.vtkCommand)
+    used["qtvtk"] = {n for n in used["qtvtk"] if not any(o.startswith(n + ".") for o in used["qtvtk"])}
     used["objects"] = receivers
     return used
 
@@ -198,6 +230,7 @@ USED = _collect_api_use()
 @pytest.mark.parametrize("category, verified", [
     ("util", api.SLICER_UTIL), ("app", api.SLICER_APP), ("modules", api.SLICER_MODULES),
     ("scene", api.SCENE_ATTRIBUTES), ("mrml", api.MRML_METHODS), ("imports", api.SLICER_IMPORTS),
+    ("qtvtk", api.QT_VTK), ("signals", api.SIGNALS),
 ])
 def test_module_uses_only_verified_slicer_names(category, verified):
     assert USED[category], f"nothing collected for {category}: the collector is broken"
@@ -216,8 +249,8 @@ def test_methods_on_slicer_objects_are_verified(receiver):
 
 def test_every_verified_name_names_its_source_file():
     tables = [api.SLICER_UTIL, api.SLICER_APP, api.SLICER_MODULES, api.SCENE_ATTRIBUTES, api.MRML_METHODS,
-              api.SLICER_IMPORTS,
-              *api.SLICER_OBJECT_METHODS.values()]
+              api.SLICER_IMPORTS, api.QT_VTK, api.SIGNALS,
+              *api.SLICER_OBJECT_METHODS.values(), *api.UI_PROPERTIES.values()]
     for table in tables:
         for name, source in table.items():
             assert re.search(r"\.(py|h|cxx|md)\b", source), f"{name}: {source}"
@@ -367,3 +400,48 @@ def test_without_torch_nothing_that_needs_torch_is_installed(monkeypatch):
     monkeypatch.setattr(dependencies.importlib.util, "find_spec", lambda name: None)
     assert [name for name, _ in dependencies.missing(radiomics=False, torch=False)] == ["surely_not_xyz"]
     assert [name for name, _ in dependencies.missing(radiomics=False)] == ["monai", "surely_not_xyz"]
+
+
+# --------------------------------------------------------------------------- job folders
+
+
+@pytest.fixture
+def jobs_module(monkeypatch, tmp_path):
+    """LiverVolumetrySlicerLib.jobs imported against stand-in slicer/qt/vtk modules."""
+    import importlib
+    import types
+
+    slicer = types.ModuleType("slicer")
+    slicer.util = types.SimpleNamespace(tempDirectory=lambda key: str(tmp_path / key))
+    (tmp_path / "LiverVolumetry").mkdir()
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setitem(sys.modules, "vtk", types.ModuleType("vtk"))
+    names = [f"LiverVolumetrySlicerLib.{n}" for n in ("process", "jobs", "segmentation_io", "table")]
+    for name in names:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    yield importlib.import_module("LiverVolumetrySlicerLib.jobs"), tmp_path / "LiverVolumetry"
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("job", ["segment", "measure"])
+def test_a_failure_while_preparing_a_job_removes_its_folder(jobs_module, monkeypatch, job):
+    """Reading the segment before the start (checksum, edited?) can fail: no folder is left behind."""
+    jobs, work_dir = jobs_module
+    io = jobs.segmentation_io
+
+    def unreadable(*args):
+        raise RuntimeError("segment unreadable")
+
+    monkeypatch.setattr(io, "save_volume", lambda volume, path: Path(path).write_text("x"))
+    monkeypatch.setattr(io, "export_liver_mask", lambda segmentation, volume, path: Path(path).write_text("x"))
+    monkeypatch.setattr(io, "segment_checksum", unreadable)
+    monkeypatch.setattr(io, "was_edited", unreadable)
+    volume = type("Volume", (), {"GetName": lambda self: "scan"})()
+    with pytest.raises(RuntimeError, match="segment unreadable"):
+        if job == "segment":
+            jobs.start_segmentation(volume, object(), "cpu")
+        else:
+            jobs.start_measurement(volume, object())
+    assert not work_dir.exists()
