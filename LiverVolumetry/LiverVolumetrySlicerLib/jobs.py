@@ -68,7 +68,7 @@ def start_segmentation(volume, segmentation, device: str = "auto", model_dir: st
     with _removed_on_error(work_dir):
         segmentation_io.save_volume(volume, image)
         arguments = engine_cli.segment_arguments(image, out_dir, device, model_dir, radiomics)
-    before = segmentation_io.segment_checksum(segmentation, volume) if segmentation is not None else None
+        before = segmentation_io.segment_checksum(segmentation, volume) if segmentation is not None else None
 
     def import_results() -> str:
         nonlocal segmentation
@@ -95,7 +95,7 @@ def start_measurement(volume, segmentation, radiomics: bool = True, on_progress=
     with _removed_on_error(work_dir):
         segmentation_io.save_volume(volume, image)
         segmentation_io.export_liver_mask(segmentation, volume, mask)
-    source = "edited" if segmentation_io.was_edited(segmentation, volume) else "automatic"
+        source = "edited" if segmentation_io.was_edited(segmentation, volume) else "automatic"
 
     def import_results() -> str:
         _require_in_scene(volume, segmentation)
