@@ -24,13 +24,14 @@ from typing import Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_error, read_series,
+from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_error, quiet_itk, read_series,
                     read_series_header)
 from .dicom import sitk_reason as _sitk_reason
 from .errors import InputError
 
 SERIES_UID_TAG = "0020|000e"  # SeriesInstanceUID
-from .niftifile import check_nifti_complete, check_nifti_finite
+from .metafile import check_metaimage_complete
+from .niftifile import check_nifti_complete, check_nifti_finite, check_nifti_pixdim, check_nifti_sform
 
 __all__ = [
     "IMAGE_SUFFIXES", "DicomSeries", "available_memory_bytes", "case_id", "estimate_memory_bytes",
@@ -241,10 +242,15 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
         raise InputError(path, f"has an unsupported file type; expected one of "
                                f"{', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
     _check_detached_data(path)
+    if image_suffix(path) in (".mha", ".mhd"):
+        check_metaimage_complete(path)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_pixdim(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with quiet_itk():  # e.g. NIfTI's "unexpected scales in sform": checked below instead
+            reader.ReadImageInformation()
     except RuntimeError as error:
         reason = _sitk_reason(error)
         detail = "" if "Unable to determine ImageIO" in reason else f": {reason}"
@@ -252,6 +258,7 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
                                f"or the file is corrupt{detail}") from None
     if image_suffix(path) in (".nii", ".nii.gz"):
         check_nifti_complete(path)
+        check_nifti_sform(path, reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
     if reader.GetPixelID() in _COMPLEX_PIXEL_IDS:
         raise InputError(path, "has complex-valued voxels; a real-valued volume is needed")
     return reader
@@ -260,7 +267,8 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
 def _execute(reader: sitk.ImageReaderBase, path: Where) -> sitk.Image:
     """Read the pixels; a truncated or corrupt body becomes an InputError."""
     try:
-        return reader.Execute()
+        with quiet_itk():
+            return reader.Execute()
     except RuntimeError as error:
         raise InputError(path, f"pixel data cannot be read (truncated or corrupt file): "
                                f"{_sitk_reason(error)}") from None

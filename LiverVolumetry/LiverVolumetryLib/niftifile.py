@@ -1,6 +1,8 @@
 """Checks of NIfTI files that ITK's reader does not make: it fills the missing voxels of a
-truncated file with 0 and turns NaN and infinite voxels into 0, both without a word.
-Only the header and, for the second check, the voxel data of float files are read."""
+truncated file with 0 and turns NaN and infinite voxels into 0, both without a word; it
+takes 1 mm for a zero voxel size, and it may place an image by its qform where FSL and
+nibabel use its sform. Only the header and, for the NaN check, the voxel data of float
+files are read."""
 
 from __future__ import annotations
 
@@ -107,6 +109,68 @@ def check_nifti_complete(path: Path) -> None:
     if size < end:
         raise InputError(path, f"is truncated: {size} of its {end} bytes are present "
                                "(incomplete download or corrupt file)")
+
+
+def _spatial_fields(header: bytes) -> tuple[np.ndarray | None, tuple[float, ...]] | None:
+    """(3x4 sform, voxel index to RAS mm, when its sform_code is set else None; pixdim of
+    the spatial axes present) of a NIfTI-1/2 header, or None if it is not one."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            code, ndim = struct.unpack_from(endian + "h", header, 254)[0], struct.unpack_from(endian + "h", header, 40)[0]
+            rows, pixdim = struct.unpack_from(endian + "12f", header, 280), struct.unpack_from(endian + "3f", header, 80)
+        elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            code, ndim = struct.unpack_from(endian + "i", header, 348)[0], struct.unpack_from(endian + "q", header, 16)[0]
+            rows, pixdim = struct.unpack_from(endian + "12d", header, 400), struct.unpack_from(endian + "3d", header, 112)
+        else:
+            continue
+        return (np.array(rows, dtype=float).reshape(3, 4) if code > 0 else None), pixdim[:max(0, min(3, ndim))]
+    return None
+
+
+def _read_spatial_fields(path: Path) -> tuple[np.ndarray | None, tuple[float, ...]] | None:
+    try:
+        with (gzip.open(path, "rb") if _gzipped(path) else open(path, "rb")) as handle:
+            return _spatial_fields(handle.read(544))
+    except (EOFError, OSError, zlib.error):
+        return None  # reported by the reader or check_nifti_complete
+
+
+def check_nifti_pixdim(path: Path) -> None:
+    """Refuse a NIfTI file without an sform whose voxel size (pixdim) is 0 or not finite:
+    ITK's NIfTI library would take 1 mm instead (saying so only on stderr), so every
+    volume would be wrong. Call before ITK reads the header."""
+    fields = _read_spatial_fields(path)
+    if fields is None or fields[0] is not None:
+        return
+    if not all(math.isfinite(v) and v != 0 for v in fields[1]):
+        text = " x ".join(f"{v:g}" for v in fields[1])
+        raise InputError(path, f"has voxel size {text} mm in its header (pixdim) and no sform; the voxel size "
+                               "is unknown")
+
+
+#: Largest distance (mm) at a corner voxel between ITK's geometry and the file's sform.
+MAX_SFORM_DISAGREEMENT_MM = 0.1
+
+
+def check_nifti_sform(path: Path, size, spacing, origin, direction) -> None:
+    """Refuse a NIfTI file whose sform places the voxels elsewhere than the geometry ITK
+    read (``size``.. ``direction``, LPS): ITK uses the qform unless the sform code is
+    "scanner", nibabel, FSL and ANTs use the sform, so masks written on ITK's geometry
+    would lie elsewhere in those tools. Only 3D images are checked (others are refused)."""
+    fields = _read_spatial_fields(path) if len(size) == 3 else None
+    sform = None if fields is None else fields[0]
+    if sform is None or not np.all(np.isfinite(sform)):
+        return
+    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)],
+                       dtype=float)
+    axes = np.asarray(direction, dtype=float).reshape(3, 3) * np.asarray(spacing, dtype=float)
+    itk = np.asarray(origin, dtype=float) + corners @ axes.T
+    by_sform = (corners @ sform[:, :3].T + sform[:, 3]) * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS
+    distance = float(np.max(np.linalg.norm(itk - by_sform, axis=1)))
+    if distance > MAX_SFORM_DISAGREEMENT_MM:
+        raise InputError(path, f"has a qform and an sform that place the image {distance:.3g} mm apart (ITK and "
+                               "Slicer use one, FSL and nibabel the other), so its position is ambiguous; make "
+                               "them agree first (e.g. fslorient -copyqform2sform or -copysform2qform)")
 
 
 def check_nifti_finite(path: Path) -> None:
