@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .imageio import _check_direction, _check_layout, _check_spacing, _execute, _file_reader
+from .outputs import LIVER_SEGMENT_NAME
 
 __all__ = ["read_mask"]
 
@@ -24,8 +25,9 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
               label: int | None = None) -> sitk.Image:
     """Read a reference or hand-corrected liver mask as uint8 0/1.
 
-    With ``label`` None any non-zero voxel is liver, else voxels equal to ``label``.
-    A multi-layer Slicer ``.seg.nrrd`` is read as the union of its layers (``label``
+    With ``label`` None any non-zero voxel is liver, else voxels equal to ``label``; but a
+    Slicer ``.seg.nrrd`` with several segments gives its segment named 'Liver' (refused
+    when none is). A multi-layer file is read as the union of its layers (``label``
     is then ambiguous and refused). With ``reference``, the mask is returned on exactly
     the reference's grid. The mask's own grid may be a sub-box or super-box of it (as
     Slicer saves a segmentation cropped to its extent): same spacing and direction within
@@ -48,10 +50,43 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise InputError(path, "contains NaN or infinite voxel values")
-    liver = array != 0 if label is None else array == label
-    if components > 1:
-        liver = liver.any(axis=-1)
+    segment = None if label is not None else _liver_segment(path, reader, components)
+    if segment is not None:  # (layer, label value) of the 'Liver' segment
+        liver = (array[..., segment[0]] if components > 1 else array) == segment[1]
+    else:
+        liver = array != 0 if label is None else array == label
+        if components > 1:
+            liver = liver.any(axis=-1)
     return _paste_into_grid(path, liver, offset, image if reference is None else reference)
+
+
+def _liver_segment(path: Path, reader: sitk.ImageFileReader, components: int) -> tuple[int, int] | None:
+    """(layer, label value) of the segment named 'Liver' of a Slicer segmentation with
+    several segments, as the Slicer module measures it; None for a file with at most one
+    segment (then every non-zero voxel is liver). Several segments, none named 'Liver',
+    are refused: their union is not the liver."""
+    def field(n: int, name: str) -> str | None:
+        key = f"Segment{n}_{name}"
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
+
+    names = []
+    while field(len(names), "ID") is not None or field(len(names), "Name") is not None:
+        names.append(field(len(names), "Name") or field(len(names), "ID"))
+    if len(names) < 2:
+        return None
+    liver = next((n for n, name in enumerate(names) if name.lower() == LIVER_SEGMENT_NAME.lower()), None)
+    if liver is None:
+        raise InputError(path, f"holds {len(names)} segments ({', '.join(repr(n) for n in names)}) and none is "
+                               f"named '{LIVER_SEGMENT_NAME}'; name the liver segment '{LIVER_SEGMENT_NAME}' "
+                               "or keep only it")
+    try:
+        layer = int(field(liver, "Layer") or (liver if components > 1 else 0))
+        value = int(field(liver, "LabelValue") or 1)
+    except ValueError:
+        raise InputError(path, f"has an unreadable layer or label value for segment '{names[liver]}'") from None
+    if not 0 <= layer < components:
+        raise InputError(path, f"segment '{names[liver]}' is in layer {layer}, but the file has {components}")
+    return layer, value
 
 
 def _grid_offset(path: Path, reader: sitk.ImageFileReader,
