@@ -127,7 +127,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         write_mask(result.mask, mask_tmp)
         write_segmentation(result.mask, seg_tmp)
         write_qc_png(image, result.mask, qc_tmp, title=title, warnings=warnings)
-    return {"case": item.case, "input": str(item.path), "series_uid": series_uid_of(image),
+    return {"case": item.case, "input": os.path.abspath(item.path), "series_uid": series_uid_of(image),
             **{k: _finite(v) for k, v in values.items()},
             "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
             "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 3),
@@ -193,12 +193,12 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
             except CancelledError:
                 raise
             except LiverVolumetryError as error:
-                row = {"case": item.case, "input": str(item.path), "model_name": bundle.name,
+                row = {"case": item.case, "input": os.path.abspath(item.path), "model_name": bundle.name,
                        "model_version": bundle.version, "device": device,
                        "seconds": round(time.perf_counter() - start, 2), "status": "failed", "error": str(error)}
             except (RuntimeError, ValueError, OSError, MemoryError) as error:  # unexpected, but keep the cohort going
                 first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                row = {"case": item.case, "input": str(item.path), "model_name": bundle.name,
+                row = {"case": item.case, "input": os.path.abspath(item.path), "model_name": bundle.name,
                        "model_version": bundle.version, "device": device,
                        "seconds": round(time.perf_counter() - start, 2), "status": "failed",
                        "error": f"{item.path}: {type(error).__name__}: {first}"}

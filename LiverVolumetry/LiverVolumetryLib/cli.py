@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +74,7 @@ def _check_text(row: dict) -> str:
 
 def cmd_measure(args) -> int:
     from .batch import ResultsTable
+    from .errors import OutputError
     from .imageio import case_id, read_image, series_uid_of
     from .masks import read_mask
     from .measure import measure
@@ -80,6 +82,8 @@ def cmd_measure(args) -> int:
     from .reporting import make_reporter
 
     case = args.case or case_id(args.image)
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # before the work
+        raise OutputError(args.output, "is a file; the output must be a folder")
     table = ResultsTable(Path(args.output)) if args.output else None
     if table is not None and case in table.rows and not args.overwrite:  # before the work, not after
         raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
@@ -95,7 +99,8 @@ def cmd_measure(args) -> int:
         raise LiverVolumetryError(f"{args.mask}: {error}") from None
     finally:
         reporter.close()
-    row = {"case": case, "input": str(args.image), "series_uid": series_uid_of(image), "mask": str(args.mask),
+    row = {"case": case, "input": os.path.abspath(args.image), "series_uid": series_uid_of(image),
+           "mask": os.path.abspath(args.mask),
            **values,
            "warnings": "; ".join(plausibility_warnings(image, mask)), "status": "ok", "error": None}
     say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
