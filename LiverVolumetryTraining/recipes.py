@@ -44,6 +44,8 @@ from pathlib import Path
 
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 
+from .recipe_check import check_recipe_values
+
 _PAPER_PREPROCESSING = {
     "orientation": "RAS",
     "spacing_mm": [2.0, 2.0, 2.0],
@@ -284,6 +286,7 @@ def load_recipe(name_or_path: str) -> dict:
     else:
         recipe = _merge(get_recipe(base), {"name": f"{base}+{path.stem}", **spec})
     check_recipe_types(recipe, path)
+    check_recipe_values(recipe, path)
     return recipe
 
 
