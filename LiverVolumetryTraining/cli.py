@@ -81,6 +81,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _thresholds(text: str) -> list[float]:
+    """``--thresholds 0.4,0.5``: numbers, else a one-line error naming the bad one."""
+    values = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise LiverVolumetryError(f"--thresholds: {part!r} is not a number (e.g. 0.4,0.5,0.6)") from None
+    return values
+
+
 def cmd_crossval(args) -> int:
     from .crossval import crossval, make_folds, parse_folds
     from .recipes import load_recipe
@@ -88,7 +99,7 @@ def cmd_crossval(args) -> int:
     entries = _entries(args)
     cases = [e.case for e in entries]
     folds = parse_folds(args.folds, cases) if args.folds else make_folds(cases, args.k, args.seed)
-    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else [0.5]
+    thresholds = _thresholds(args.thresholds) if args.thresholds else [0.5]
     crossval(entries, args.run, load_recipe(args.recipe), folds, thresholds=thresholds, phantoms=args.phantoms,
              iterations=args.iterations, epochs=args.epochs, validate_every=args.validate_every, seed=args.seed,
              cache_dir=Path(args.cache) if args.cache else None, radiomics=not args.no_radiomics,

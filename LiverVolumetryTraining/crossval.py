@@ -64,7 +64,11 @@ def _check_run_folds(run_dir: Path, folds: list[list[str]]) -> None:
     """A run folder keeps its folds: resuming with other folds would mix models."""
     path = run_dir / "folds.json"
     if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise InputError(path, f"cannot be read as the run's folds ({error.__class__.__name__}); "
+                                   "use a new --run folder") from None
         if recorded != folds:
             raise InputError(path, f"this run was made with other folds ({recorded}); use a new --run folder")
     else:
@@ -147,8 +151,8 @@ def crossval(entries: Sequence[CaseEntry], run_dir: str | Path, recipe: dict, fo
     then train side by side (processes, machines, GPUs), and a last call without it finds
     them trained and segments and evaluates.
     """
-    from .evaluate import evaluate
-    from .train import train
+    from .manifest import refuse_duplicates
+    from .run_folder import remove_unstarted_run
 
     run_dir = Path(run_dir)
     thresholds = sorted({float(t) for t in thresholds})
@@ -156,6 +160,25 @@ def crossval(entries: Sequence[CaseEntry], run_dir: str | Path, recipe: dict, fo
         raise LiverVolumetryError(f"thresholds must lie between 0 and 1, got {thresholds}")
     if only_fold is not None and not 0 <= only_fold < len(folds):
         raise LiverVolumetryError(f"--fold {only_fold}: the folds are numbered 0 to {len(folds) - 1}")
+    refuse_duplicates(entries)  # folds go by case name
+    created = not run_dir.exists()
+    fresh = created or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    try:
+        return _crossval(entries, run_dir, recipe, folds, thresholds, phantoms, iterations, epochs, validate_every,
+                         seed, cache_dir, radiomics, device, log, train_folds, only_fold)
+    except Exception:
+        # Nothing trained yet: leave no folds.json that would refuse the corrected inputs. Not
+        # with --fold, whose sibling processes may be starting in the same new folder.
+        if fresh and only_fold is None:
+            remove_unstarted_run(run_dir, created)
+        raise
+
+
+def _crossval(entries, run_dir: Path, recipe: dict, folds, thresholds, phantoms, iterations, epochs, validate_every,
+              seed, cache_dir, radiomics, device, log, train_folds, only_fold) -> dict:
+    from .evaluate import evaluate
+    from .train import train
+
     _check_run_folds(run_dir, folds)
     cache_dir = cache_dir or run_dir / "cache"
     for k, fold in enumerate(folds):
@@ -210,6 +233,13 @@ def read_summary(run_dir: str | Path) -> dict:
     """``crossval.json`` of a cross-validation folder (one-line error when absent)."""
     path = Path(run_dir) / SUMMARY_NAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise InputError(path, f"no readable cross-validation summary ({error.__class__.__name__})") from None
+    kinds = {"protocol": str, "folds": list, "thresholds": list, "threshold": (int, float), "dice_mean": (int, float),
+             "dice_min": (int, float), "dice_per_case": dict, "nested_threshold": dict, "dice_mean_by_threshold": dict}
+    wrong = [key for key, kind in kinds.items()
+             if not isinstance(summary, dict) or not isinstance(summary.get(key), kind)]
+    if wrong:
+        raise InputError(path, f"is not a cross-validation summary written by crossval (no usable {', '.join(wrong)})")
+    return summary
