@@ -188,7 +188,10 @@ def read_case_label(entry: CaseEntry, header_only: bool = False) -> sitk.Image |
 
 def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:
     """Binary uint8 mask of the voxels holding the entry's liver value; refuses an empty
-    one and NaN or infinite label values."""
+    one, the background value 0 as liver value, and NaN or infinite label values."""
+    if entry.liver_label == 0:
+        raise InputError(entry.label, f"case {entry.case}: liver label 0 is the background value; give the liver's "
+                                      "label (--label-value, or the manifest's liver_label)")
     values = sitk.GetArrayViewFromImage(label)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         bad = values.size - int(np.count_nonzero(np.isfinite(values)))

@@ -81,6 +81,9 @@ def _entry(path: Path, where: str, row: dict) -> CaseEntry:
         raise InputError(path, f"{where}: liver_label {value!r} is not a whole number") from None
     image_path, label_path = ((path.parent / os.path.expanduser(p)).resolve() for p in (image, label))
     case = str(row.get("case") or "").strip() or _strip(image_path.name)
+    if case in (".", "..") or any(sep in case for sep in ("/", "\\")):
+        raise InputError(path, f"{where}: case name {case!r} is not usable as a file name (it names the cached "
+                               "arrays and the masks): no / or \\, not . or ..")
     return CaseEntry(case, image_path, label_path, int(number), str(row.get("group") or "").strip())
 
 
