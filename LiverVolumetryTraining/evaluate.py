@@ -229,6 +229,8 @@ def summarize(result: EvaluationResult) -> None:
     result.volume_agreement = bland_altman(auto, ref)
     if result.volume_icc is None:
         notes.append(f"volume ICC not computed: needs at least {MIN_ICC_CASES} cases, got {len(cases)}")
+    elif not math.isfinite(result.volume_icc.icc):
+        notes.append("volume ICC undefined: the volumes do not vary at all")
     if result.volume_agreement is None:
         notes.append(f"Bland-Altman limits not computed: need at least 2 cases, got {len(cases)}")
     if result.radiomics:
@@ -244,6 +246,8 @@ def summarize(result: EvaluationResult) -> None:
         notes.append(f"{len(cases) - len(grouped)} case(s) without a group are left out of the group comparison")
     if len(groups) == 2:
         result.mann_whitney = mann_whitney([c.dice for c in grouped], [c.group for c in grouped])
+    elif len(groups) == 1:
+        notes.append(f"Mann-Whitney U not computed: every grouped case is in group {groups[0]!r}; it compares two")
     elif len(groups) > 2:
         notes.append(f"Mann-Whitney U not computed: {len(groups)} groups ({', '.join(map(repr, groups))}); "
                      "it compares exactly two")

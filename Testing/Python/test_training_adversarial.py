@@ -1,0 +1,165 @@
+"""Bad input to the training package, as a lab user might give it: one-line errors naming
+the file and the cause, no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError
+from LiverVolumetryTraining import cli
+from LiverVolumetryTraining.dataset import CaseEntry, find_pairs
+from LiverVolumetryTraining.recipes import RECIPES, get_recipe, load_recipe
+
+from conftest import TINY_VOLUMETRY_NET
+
+TINY_LIVER_MRI = {"base": "liver-mri", "network": {"args": {"channels": [4, 8], "strides": [2], "num_res_units": 0}},
+                  "stages": [], "patch_size": [16, 16, 16], "inference": {"roi_size": [32, 32, 32]}}
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("livervolumetry-train: error:") and "\n" not in err and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+@pytest.mark.parametrize("base, override, says", [
+    (TINY_VOLUMETRY_NET, {"patchsize": [16, 16, 16]}, "unknown key(s) 'patchsize'"),
+    (TINY_VOLUMETRY_NET, {"optimizer": {"momentum": 0.9}}, "'optimizer.momentum'"),
+    (TINY_VOLUMETRY_NET, {"loss": "focal"}, "'loss' must be one of dice, dice_ce"),
+    (TINY_VOLUMETRY_NET, {"optimizer": {"name": "Adamm"}}, "'optimizer.name' 'Adamm'"),
+    (TINY_VOLUMETRY_NET, {"optimizer": {"lr": -1}}, "'optimizer.lr' must be a number above 0"),
+    (TINY_VOLUMETRY_NET, {"patch_size": [17, 16, 16]}, "multiples of the network's stride 2"),
+    (TINY_VOLUMETRY_NET, {"patch_size": [16, 16]}, "'patch_size' must be 3 whole numbers"),
+    (TINY_VOLUMETRY_NET, {"sampler": "random"}, "'sampler' must be one of"),
+    (TINY_VOLUMETRY_NET, {"network": {"class": "ResNet"}}, "'network.class' must be one of UNet"),
+    (TINY_VOLUMETRY_NET, {"network": {"args": {"chanels": [4, 8]}}}, "'network' cannot be built"),
+    (TINY_LIVER_MRI, {"augmentation": "medium"}, "'augmentation' must be none"),
+    (TINY_LIVER_MRI, {"augmentation": {"gamma": 5}}, "'augmentation.gamma' is a probability"),
+    (TINY_LIVER_MRI, {"augmentation": {"gama": 0.5}}, "unknown augmentation(s) gama"),
+    (TINY_LIVER_MRI, {"sampler": "posneg-epochs"}, "needs 'volumes_per_batch'"),
+    (TINY_LIVER_MRI, {"phantom_contrasts": ["t1"]}, "'phantom_contrasts' must be a list of"),
+    (TINY_LIVER_MRI, {"inference": {"threshold": 5}}, "'inference.threshold' must lie between 0 and 1"),
+    (TINY_LIVER_MRI, {"inference": {"mode": "mean"}}, "'inference.mode' must be one of"),
+    (TINY_LIVER_MRI, {"positive_fraction": 1.5}, "'positive_fraction' must lie between 0 and 1"),
+    (TINY_VOLUMETRY_NET, {"preprocessing": {"intensity": {"lower": 80}}}, "'preprocessing.intensity' needs"),
+    ({}, {"patch_size": [16, 16, 16]}, "lacks 'network', 'preprocessing'"),
+    ({"base": "liver-mri"}, {"stages": [{"iterations": 5}, {"iterations": 5, "optimizer": {"lr": 0}}]},
+     "stage 2: 'optimizer.lr'"),
+])
+def test_a_recipe_file_with_an_unknown_key_or_unusable_value_is_refused_naming_it(tmp_path, base, override, says):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({**base, **override}))
+    with pytest.raises(InputError) as caught:
+        load_recipe(str(path))
+    message = str(caught.value)
+    assert "mine.json" in message and says in message and "\n" not in message
+
+
+def test_every_named_recipe_and_the_tiny_ones_pass_the_recipe_check(tmp_path):
+    from LiverVolumetryTraining.recipe_check import check_recipe_values
+
+    for name in RECIPES:
+        check_recipe_values(get_recipe(name), name)
+    for number, spec in enumerate((TINY_VOLUMETRY_NET, TINY_LIVER_MRI)):
+        path = tmp_path / f"tiny{number}.json"
+        path.write_text(json.dumps(spec))
+        load_recipe(str(path))
+
+
+def test_train_with_a_misspelt_recipe_key_stops_before_any_work(tiny_cases, tmp_path, capsys):
+    recipe = tmp_path / "typo.json"
+    recipe.write_text(json.dumps({**TINY_LIVER_MRI, "augmentation": "milde"}))
+    run = tmp_path / "run"
+    code = cli.main(["train", "--data", str(tiny_cases), "--run", str(run), "--recipe", str(recipe),
+                     "--iterations", "1", "--phantoms", "0", "--val-count", "1", "--no-progress"])
+    assert code == 1 and not run.exists()
+    _one_line_error(capsys, "typo.json", "'augmentation'")
+
+
+def test_crossval_thresholds_that_are_not_numbers_are_a_one_line_error(tiny_cases, tmp_path, capsys):
+    run = tmp_path / "cv"
+    code = cli.main(["crossval", "--data", str(tiny_cases), "--run", str(run), "--thresholds", "0.5,high",
+                     "--iterations", "1", "--phantoms", "0"])
+    assert code == 1 and not run.exists()
+    _one_line_error(capsys, "--thresholds", "'high'")
+
+
+def _tiny_recipe(tmp_path: Path) -> dict:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_VOLUMETRY_NET))
+    return load_recipe(str(path))
+
+
+def test_a_crossval_stopped_by_bad_input_leaves_no_folds_record_to_refuse_the_fixed_input(tiny_cases, tmp_path):
+    from LiverVolumetryTraining.crossval import crossval
+
+    entries = find_pairs(tiny_cases)
+    broken = [*entries, CaseEntry("9", entries[0].image, tmp_path / "missing.nii.gz")]
+    run = tmp_path / "cv"
+    folds = [["0", "9"], ["1", "2"]]
+    with pytest.raises(InputError, match="missing.nii.gz"):
+        crossval(broken, run, _tiny_recipe(tmp_path), folds, iterations=1, phantoms=0, log=lambda m: None,
+                 device="cpu")
+    assert not run.exists()  # no folds.json: the corrected manifest's other folds are accepted
+    with pytest.raises(InputError, match="missing.nii.gz"):  # --fold: sibling folds may share the new folder
+        crossval(broken, run, _tiny_recipe(tmp_path), folds, iterations=1, phantoms=0, log=lambda m: None,
+                 device="cpu", only_fold=0)
+    assert (run / "folds.json").is_file()
+    shutil.rmtree(run)
+    duplicated = [*entries, CaseEntry("0", entries[1].image, entries[1].label)]
+    with pytest.raises(LiverVolumetryError, match="case 0: duplicated case name"):
+        crossval(duplicated, run, _tiny_recipe(tmp_path), [["0", "1"], ["2"]], iterations=1, phantoms=0,
+                 log=lambda m: None, device="cpu")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("case", ["sub/1", "../../escape", "a\\b", ".."])
+def test_a_case_name_that_is_a_path_is_refused_naming_the_manifest_line(tiny_cases, tmp_path, case):
+    from LiverVolumetryTraining.manifest import read_manifest
+
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"case,image,label\n1,{tiny_cases}/image_1.nii.gz,{tiny_cases}/label_1.nii.gz\n"
+                        f"\"{case}\",{tiny_cases}/image_0.nii.gz,{tiny_cases}/label_0.nii.gz\n")
+    with pytest.raises(InputError) as caught:
+        read_manifest(manifest)  # it would name cache files and masks outside their folders
+    assert "cases.csv: line 3: case name" in str(caught.value)
+
+
+@pytest.mark.parametrize("content", ["{}", "[1]", '{"protocol": "3-fold"}'])
+def test_export_refuses_a_crossval_file_that_crossval_did_not_write(tmp_path, content):
+    from LiverVolumetryTraining.crossval import read_summary
+
+    (tmp_path / "crossval.json").write_text(content)
+    with pytest.raises(InputError, match="is not a cross-validation summary"):
+        read_summary(tmp_path)
+
+
+def _case(name: str, group: str, volume: float):
+    from LiverVolumetryTraining.evaluate import CaseResult
+
+    return CaseResult(case=name, group=group, dice=0.9, hd95_mm=2.0, assd_mm=1.0, volume_auto_ml=volume,
+                      volume_ref_ml=volume, source="test", seconds=0.0)
+
+
+def test_evaluate_says_why_the_volume_icc_and_group_test_are_missing():
+    from LiverVolumetryTraining.evaluate import EvaluationResult, summarize
+
+    result = EvaluationResult(cases=[_case(str(k), "internal", 1500.0) for k in range(4)], automated="test",
+                              radiomics=False)
+    summarize(result)
+    assert "volume ICC undefined: the volumes do not vary at all" in result.notes
+    assert any("Mann-Whitney U not computed: every grouped case is in group 'internal'" in n for n in result.notes)
+
+
+def test_the_background_value_0_as_liver_label_is_refused_not_trained_on(tiny_cases, tmp_path, capsys):
+    from LiverVolumetryTraining.manifest import check_entries
+
+    problems = check_entries(find_pairs(tiny_cases, liver_label=0))
+    assert len(problems) == 3 and all("liver label 0 is the background value" in p for p in problems)
+    assert cli.main(["check", "--data", str(tiny_cases), "--label-value", "0"]) == 1
