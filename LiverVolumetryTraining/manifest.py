@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,6 +33,21 @@ from .dataset import (CaseEntry, _strip, grid_difference, grids_match, liver_mas
 
 #: Columns of a manifest, in the order :func:`write_manifest` writes them.
 MANIFEST_COLUMNS = ("case", "image", "label", "liver_label", "group")
+
+
+def _check_columns(path: Path, names: Iterable[str], where: str = "") -> None:
+    """Refuse a column that looks meant as one of :data:`MANIFEST_COLUMNS` but is not
+    (``Liver_Label``, ``liver_value``, ``labels``): ignored, it would silently train the
+    default liver label 1, another organ in e.g. AMOS. Other extra columns are ignored."""
+    for name in names:
+        if name in MANIFEST_COLUMNS:
+            continue
+        flat = re.sub(r"[^a-z]", "", str(name).lower())
+        near = next((c for c in MANIFEST_COLUMNS if flat in (c.replace("_", ""), c.replace("_", "") + "s")), None)
+        if near or "liver" in flat or "label" in flat:
+            hint = f"did you mean {near!r}?" if near else "the liver's label value goes in 'liver_label'"
+            raise InputError(path, f"{where}column {name!r} is not a manifest column ({', '.join(MANIFEST_COLUMNS)}); "
+                                   f"{hint}")
 
 
 def _is_json(path: Path, text: str) -> bool:
@@ -51,6 +67,7 @@ def _json_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
     for number, row in enumerate(data, start=1):
         if not isinstance(row, dict):
             raise InputError(path, f"case {number}: is not an object with 'image' and 'label'")
+        _check_columns(path, row, f"case {number}: ")
         yield f"case {number}", row
 
 
@@ -58,6 +75,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
     """(where, row) for each data line of a CSV manifest."""
     reader = csv.DictReader(io.StringIO(text))
     columns = [name.strip() for name in reader.fieldnames or []]
+    _check_columns(path, columns)
     if "image" not in columns or "label" not in columns:
         raise InputError(path, f"needs 'image' and 'label' columns (found: {', '.join(columns) or 'none'})")
     for row in reader:

@@ -163,3 +163,26 @@ def test_the_background_value_0_as_liver_label_is_refused_not_trained_on(tiny_ca
     problems = check_entries(find_pairs(tiny_cases, liver_label=0))
     assert len(problems) == 3 and all("liver label 0 is the background value" in p for p in problems)
     assert cli.main(["check", "--data", str(tiny_cases), "--label-value", "0"]) == 1
+
+
+@pytest.mark.parametrize("column", ["Liver_Label", "liver_value", "labels", "Image", "label_value"])
+def test_a_manifest_column_meant_as_a_known_one_is_refused_not_ignored(tiny_cases, tmp_path, column):
+    from LiverVolumetryTraining.manifest import read_manifest
+
+    row = {"image": f"{tiny_cases}/image_0.nii.gz", "label": f"{tiny_cases}/label_0.nii.gz", column: "6"}
+    csv_file = tmp_path / "cases.csv"
+    csv_file.write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
+    json_file = tmp_path / "cases.json"
+    json_file.write_text(json.dumps([row]))
+    for manifest in (csv_file, json_file):  # ignored, liver label 1 would be trained: another organ in AMOS
+        with pytest.raises(InputError, match=f"column '{column}' is not a manifest column"):
+            read_manifest(manifest)
+
+
+def test_other_extra_manifest_columns_are_ignored(tiny_cases, tmp_path):
+    from LiverVolumetryTraining.manifest import read_manifest
+
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"case,image,label,liver_label,group,age,site,notes\n"
+                        f"a,{tiny_cases}/image_0.nii.gz,{tiny_cases}/label_0.nii.gz,1,x,54,b,none\n")
+    assert [(e.case, e.liver_label, e.group) for e in read_manifest(manifest)] == [("a", 1, "x")]
