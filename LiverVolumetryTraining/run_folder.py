@@ -3,7 +3,7 @@
 ``config.json`` holds the recipe, the training and validation cases (absolute paths),
 the phantoms and the run's length; ``export`` builds the model card from it. It is
 written only once every input has been checked. Resuming a run (its ``last.pt``) with
-other cases, another validation split, another recipe or other phantoms would train
+other cases, another validation split, another recipe, other phantoms or another seed would train
 one model on two data sets under the record of the second, so it is refused.
 """
 
@@ -116,9 +116,10 @@ def _difference(what: str, old, new) -> str:
 
 
 def check_resume(run_dir: Path, recipe: dict, train_entries: Sequence[CaseEntry], val_entries: Sequence[CaseEntry],
-                 phantoms: int) -> dict | None:
+                 phantoms: int, seed: int | None = None) -> dict | None:
     """The recorded config of a run that ``run_dir`` would resume (None when it holds no
-    ``last.pt``); refuses a run recorded for other cases, split, recipe or phantoms."""
+    ``last.pt``); refuses a run recorded for other cases, split, recipe, phantoms or seed
+    (the record would name the new seed for iterations drawn with the old one)."""
     if not (run_dir / "last.pt").is_file():
         return None
     if not (run_dir / CONFIG_NAME).is_file():
@@ -129,6 +130,8 @@ def check_resume(run_dir: Path, recipe: dict, train_entries: Sequence[CaseEntry]
            "validation": entry_dicts(val_entries)}
     recorded, given = _identity(old), _identity(now)
     changed = [_difference(what, recorded[what], given[what]) for what in recorded if recorded[what] != given[what]]
+    if seed is not None and old.get("seed") is not None and old["seed"] != seed:
+        changed.append(f"another seed ({old['seed']} recorded, {seed} now)")
     if changed:
         raise InputError(run_dir / CONFIG_NAME, f"this run was trained with {'; '.join(changed)}; resuming it "
                                                 "would mix the two in one model: use a new --run folder")

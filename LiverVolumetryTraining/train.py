@@ -240,9 +240,9 @@ def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[di
     say = log if ctx.is_main else (lambda message: None)
     phantom_count = [stage.get("phantom_count", 40) if phantoms is None else phantoms for stage in stages]
     whole = {**stages[-1], "name": recipe.get("name", "liver-mri"), "stages": recipe["stages"]}  # RUN's record
-    check_resume(run_dir, whole, train_entries, val_entries, phantom_count[-1])
+    check_resume(run_dir, whole, train_entries, val_entries, phantom_count[-1], seed)
     for k, stage in enumerate(stages):  # a finished stage is not trained again: check them all first
-        check_resume(run_dir / f"stage{k}", stage, train_entries, val_entries, phantom_count[k])
+        check_resume(run_dir / f"stage{k}", stage, train_entries, val_entries, phantom_count[k], seed + 10 * k)
     previous = None
     for k, (stage, count) in enumerate(zip(stages, counts)):
         stage_dir = run_dir / f"stage{k}"
@@ -295,7 +295,7 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     say = log if ctx.is_main else (lambda message: None)
     start_bundle = load_bundle(init_from) if init_from is not None else None  # checks its SHA-256 early
     phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
-    recorded = check_resume(run_dir, recipe, train_entries, val_entries, phantoms)  # before any work
+    recorded = check_resume(run_dir, recipe, train_entries, val_entries, phantoms, seed)  # before any work
     amp = autocast_dtype(recipe.get("precision"), ctx.device)
     if recipe.get("precision", "fp32") != precision_name(amp):
         say(f"no fast bfloat16 on {ctx.device}: training in float32")

@@ -80,7 +80,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- train
 
 
-def test_resuming_with_other_cases_split_recipe_or_phantoms_is_refused_and_keeps_the_record(
+def test_resuming_with_other_cases_split_recipe_phantoms_or_seed_is_refused_and_keeps_the_record(
         trained_run, pairs, recipe_file, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -91,7 +91,8 @@ def test_resuming_with_other_cases_split_recipe_or_phantoms_is_refused_and_keeps
                                                "other validation cases (3 recorded; 2 now)"),
                         (["--val-cases", "3", "--recipe", str(other_recipe)], "another recipe (differs in name, "
                                                                               "optimizer)"),
-                        (["--val-cases", "3", "--phantoms", "1"], "other phantoms (0 recorded, 1 now)")):
+                        (["--val-cases", "3", "--phantoms", "1"], "other phantoms (0 recorded, 1 now)"),
+                        (["--val-cases", "3", "--seed", "5"], "another seed (0 recorded, 5 now)")):
         assert main(train_args(pairs, run, recipe_file, *extra)) == 1
         err = one_line_error(capsys)
         assert f"{run / 'config.json'}: this run was trained with {says}" in err and "use a new --run folder" in err
