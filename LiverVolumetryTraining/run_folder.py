@@ -3,8 +3,8 @@
 ``config.json`` holds the recipe, the training and validation cases (absolute paths),
 the phantoms and the run's length; ``export`` builds the model card from it. It is
 written only once every input has been checked. Resuming a run (its ``last.pt``) with
-other cases, another validation split, another recipe, other phantoms or another seed would train
-one model on two data sets under the record of the second, so it is refused.
+other cases, another validation split, another recipe, other phantoms or another seed would
+train one model partly on what its record does not name, so it is refused.
 """
 
 from __future__ import annotations
