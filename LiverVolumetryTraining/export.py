@@ -101,6 +101,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
         from .crossval import read_summary
 
         spec["cross_validation"] = read_summary(crossval)
+        cv_recipe, run_recipe = spec["cross_validation"].get("recipe"), config["recipe"].get("name")
+        if cv_recipe is not None and run_recipe is not None and cv_recipe != run_recipe:
+            raise InputError(Path(crossval) / "crossval.json", f"cross-validates recipe {cv_recipe!r}, but the run "
+                                                               f"was trained with {run_recipe!r}; the model card "
+                                                               "would give it another recipe's figures")
     from .model_card import write_model_card
 
     val_entries = [CaseEntry(e["case"], Path(e["image"]), Path(e["label"]), e["liver_label"], str(e.get("group", "")))

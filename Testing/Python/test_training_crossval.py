@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -123,6 +124,14 @@ def test_crossval_of_a_staged_recipe_and_the_final_model_trained_on_every_case(f
     card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
     assert "No case was held out of this model's training: the cross-validation below" in card
     assert "3 iterations per fold" in card and "| stages | 1. " in card
+    other = tmp_path / "other"  # the same run recorded as another recipe's: its card must not borrow the figures
+    shutil.copytree(tmp_path / "final", other)
+    config = json.loads((other / "config.json").read_text(encoding="utf-8"))
+    config["recipe"]["name"] = "other-recipe"
+    (other / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(InputError, match="cross-validates recipe .* but the run was trained with 'other-recipe'"):
+        export_run(other, tmp_path / "bundle2", "other", "1.0.0", crossval=tmp_path / "cv", log=lambda m: None)
+    assert not (tmp_path / "bundle2").exists()
 
 
 def test_folds_trained_one_by_one_are_found_by_the_final_call(four_cases, tmp_path, capsys):
