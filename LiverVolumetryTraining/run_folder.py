@@ -116,10 +116,11 @@ def _difference(what: str, old, new) -> str:
 
 
 def check_resume(run_dir: Path, recipe: dict, train_entries: Sequence[CaseEntry], val_entries: Sequence[CaseEntry],
-                 phantoms: int, seed: int | None = None) -> dict | None:
+                 phantoms: int, seed: int | None = None, start_bundle=None) -> dict | None:
     """The recorded config of a run that ``run_dir`` would resume (None when it holds no
     ``last.pt``); refuses a run recorded for other cases, split, recipe, phantoms or seed
-    (the record would name the new seed for iterations drawn with the old one)."""
+    (the record would name the new seed for iterations drawn with the old one), and a
+    ``start_bundle`` (``--init-from``) other than the one the run started from."""
     if not (run_dir / "last.pt").is_file():
         return None
     if not (run_dir / CONFIG_NAME).is_file():
@@ -132,6 +133,10 @@ def check_resume(run_dir: Path, recipe: dict, train_entries: Sequence[CaseEntry]
     changed = [_difference(what, recorded[what], given[what]) for what in recorded if recorded[what] != given[what]]
     if seed is not None and old.get("seed") is not None and old["seed"] != seed:
         changed.append(f"another seed ({old['seed']} recorded, {seed} now)")
+    began = old.get("init_from") or {}
+    if start_bundle is not None and began.get("sha256") != start_bundle.sha256:
+        changed.append(f"other starting weights ({began.get('name', 'random')} recorded, "
+                       f"--init-from {start_bundle.name} {start_bundle.version} now)")
     if changed:
         raise InputError(run_dir / CONFIG_NAME, f"this run was trained with {'; '.join(changed)}; resuming it "
                                                 "would mix the two in one model: use a new --run folder")

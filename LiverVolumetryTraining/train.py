@@ -295,7 +295,7 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     say = log if ctx.is_main else (lambda message: None)
     start_bundle = load_bundle(init_from) if init_from is not None else None  # checks its SHA-256 early
     phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
-    recorded = check_resume(run_dir, recipe, train_entries, val_entries, phantoms, seed)  # before any work
+    recorded = check_resume(run_dir, recipe, train_entries, val_entries, phantoms, seed, start_bundle)  # first
     amp = autocast_dtype(recipe.get("precision"), ctx.device)
     if recipe.get("precision", "fp32") != precision_name(amp):
         say(f"no fast bfloat16 on {ctx.device}: training in float32")

@@ -167,6 +167,16 @@ def test_fine_tuning_starts_from_a_bundles_weights_and_needs_its_network(pairs_f
     card = (bundle.path / "MODEL.md").read_text()
     assert f"started from | start 1.0.0 (weights SHA-256 `{start.sha256}`)" in card
     assert f"`model.onnx` (the same network for ONNX Runtime on CPU), SHA-256 `{sha256_file(bundle.onnx_path)}`" in card
+    train(tmp_path / "b", frozen, entries[:2], [], phantoms=0, iterations=3, validate_every=2, log=lambda m: None,
+          init_from=start.path)  # resumed with the same starting bundle
+    train(tmp_path / "d", recipe, entries[:2], [], phantoms=0, iterations=2, seed=1, log=lambda m: None)
+    other = export_run(tmp_path / "d", tmp_path / "other", "other", "1.0.0", log=lambda m: None)
+    with pytest.raises(InputError, match=r"other starting weights \(start recorded, --init-from other 1.0.0 now\)"):
+        train(tmp_path / "b", frozen, entries[:2], [], phantoms=0, iterations=4, log=lambda m: None,
+              init_from=other.path)
+    with pytest.raises(InputError, match=r"other starting weights \(random recorded"):
+        train(tmp_path / "a", recipe, entries[:2], [], phantoms=0, iterations=3, log=lambda m: None,
+              init_from=start.path)
     wider = {**recipe, "network": {**recipe["network"], "args": {**recipe["network"]["args"], "channels": [8, 16]}}}
     with pytest.raises(InputError, match="fine-tuning needs the same network"):
         train(tmp_path / "c", wider, entries[:2], [], phantoms=0, iterations=2, log=lambda m: None, init_from=start.path)
