@@ -73,6 +73,7 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._modelInfoKey = ()  # model folder whose description is shown (() = none yet)
+        self._acting = False  # a button's action is under way (it may process events: pip)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -92,7 +93,7 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.logic.cancel()
+        self.logic.cancel(waitSeconds=10.0)  # Slicer quits: no timer will remove the run's folder later
         self.removeObservers()
         self.setParameterNode(None)
 
@@ -182,7 +183,11 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return node.inputVolume, modelDir
 
     def _runSafely(self, what: str, action) -> None:
-        """Run ``action``; show failures in plain words with an error dialog."""
+        """Run ``action``; show failures in plain words with an error dialog. A click that
+        arrives while an action waits (pip_install processes events) is ignored."""
+        if self._acting:
+            return
+        self._acting = True
         try:
             action()
         except (RuntimeError, ValueError, OSError, dependencies.DependencyError) as error:
@@ -193,6 +198,7 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.format = "Failed"
             slicer.util.errorDisplay(f"{what} failed because of an unexpected error: {error}")
         finally:
+            self._acting = False
             self.updateButtons()
 
     def onSegmentButton(self) -> None:
@@ -240,8 +246,7 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export measurement table",
                                                   f"{tableNode.GetName()}.csv", "CSV files (*.csv)")
             if path:
-                table.export_table(tableNode, path)
-                self._log(f"Table written to {path}")
+                self._log(f"Table written to {table.export_table(tableNode, path)}")
         self._runSafely("Exporting the table", export)
 
     def onLoadPhantomButton(self) -> None:
@@ -295,8 +300,8 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
     def busy(self) -> bool:
         return self.process is not None and self.process.running
 
-    def cancel(self, unlessYoungerThan: float = 0.0) -> bool:
-        return self.process is not None and self.process.cancel(unlessYoungerThan)
+    def cancel(self, unlessYoungerThan: float = 0.0, waitSeconds: float = 0.0) -> bool:
+        return self.process is not None and self.process.cancel(unlessYoungerThan, waitSeconds)
 
     def modelDescription(self, modelDir: Optional[str]) -> str:
         """'Model: liver-mri-v2 2.0.0' or why the bundle cannot be used (never raises)."""
@@ -339,18 +344,7 @@ class LiverVolumetryLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(result.get("message", "the engine did not finish"))
         return result["message"]
 
-    def openInSegmentEditor(self, segmentation, volume) -> None:
-        """Switch to the Segment Editor with this segmentation, volume and the liver selected."""
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.util.getModuleWidget("SegmentEditor").editor
-        editor.setSegmentationNode(segmentation)
-        if hasattr(editor, "setSourceVolumeNode"):
-            editor.setSourceVolumeNode(volume)
-        else:  # Slicer < 5.2
-            editor.setMasterVolumeNode(volume)
-        segmentId = segmentation_io.liver_segment_id(segmentation)
-        if segmentId:
-            editor.setCurrentSegmentID(segmentId)
+    openInSegmentEditor = staticmethod(segmentation_io.open_in_segment_editor)
 
 
 class LiverVolumetryTest(ScriptedLoadableModuleTest):

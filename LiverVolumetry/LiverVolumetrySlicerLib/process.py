@@ -7,9 +7,11 @@ caller. ``cancel()`` kills the process (and its children), so the work really st
 
 from __future__ import annotations
 
+import locale
 import logging
 import queue
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -62,6 +64,17 @@ def _kill_tree(proc) -> None:
         proc.kill()
 
 
+def _decode(line) -> str:
+    """A line of process output as text: UTF-8, else the system's code page (the engine's
+    stderr on Windows), with undecodable bytes replaced rather than the line lost."""
+    if isinstance(line, str):
+        return line
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode(locale.getpreferredencoding(False), errors="replace")
+
+
 class EngineProcess:
     """One engine command running out of process; events arrive through callbacks.
 
@@ -105,18 +118,18 @@ class EngineProcess:
         self._timer.start()
 
     def _read_output(self) -> None:
-        """Reader thread: process output lines into the queue until end of file."""
-        stream = self._proc.stdout
+        """Reader thread: process output lines into the queue until end of file. The bytes
+        under the text stream are read: a text-mode readline() that meets bytes of another
+        encoding raises and drops everything it had buffered (the engine's error line)."""
+        stream = getattr(self._proc.stdout, "buffer", self._proc.stdout)
         while True:
             try:
                 line = stream.readline()
-            except UnicodeDecodeError:
-                continue
             except ValueError:  # the stream was closed: nothing more will come
                 break
             if not line:
                 break
-            self._queue.put(line.rstrip("\r\n"))
+            self._queue.put(_decode(line).rstrip("\r\n"))
 
     def poll(self) -> None:
         """Main thread: deliver queued lines; report the end once the process is gone."""
@@ -141,15 +154,29 @@ class EngineProcess:
             self._timer.stop()
         self._on_finished(returncode, self._cancelled)
 
-    def cancel(self, unless_younger_than: float = 0.0) -> bool:
+    def cancel(self, unless_younger_than: float = 0.0, wait_s: float = 0.0) -> bool:
         """Stop the work now: kill the process tree; ``on_finished`` follows. A process
         started less than ``unless_younger_than`` seconds ago is left running (the second
-        click of a double click on Segment is not a Cancel). True if it was stopped."""
+        click of a double click on Segment is not a Cancel). With ``wait_s`` the end is
+        reported before returning, without the event loop (Slicer is closing: no timer
+        would fire again). True if it was stopped."""
         if not self.running or time.monotonic() - self._started_at < unless_younger_than:
             return False
         self._cancelled = True
         _kill_tree(self._proc)
+        if wait_s > 0:
+            self._finish_now(wait_s)
         return True
+
+    def _finish_now(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:  # still alive: the timer reports the end, if it runs again
+            return
+        if self._reader is not None:
+            self._reader.join(max(0.0, deadline - time.monotonic()))
+        self.poll()
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Block (keeping the GUI alive) until the process ended and was reported."""

@@ -59,8 +59,9 @@ def create_segmentation(volume_node):
     """A new segmentation '<volume> liver' on the volume's geometry, under its transform."""
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume_node.GetName()} liver")
     segmentation.CreateDefaultDisplayNodes()
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    # Under the volume's transform first: the geometry is taken into the segmentation's current frame.
     segmentation.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())  # moves with the volume
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     segmentation.SetAttribute(INPUT_ATTRIBUTE, volume_node.GetID())
     return segmentation
 
@@ -198,3 +199,17 @@ def place_under_study(data_node, volume_node) -> None:
     parent = hierarchy.GetItemParent(volume_item)
     if parent and parent != hierarchy.GetSceneItemID():
         hierarchy.SetItemParent(data_item, parent)
+
+
+def open_in_segment_editor(segmentation_node, volume_node) -> None:
+    """Switch to the Segment Editor with this segmentation, volume and the liver selected."""
+    slicer.util.selectModule("SegmentEditor")
+    editor = slicer.util.getModuleWidget("SegmentEditor").editor
+    editor.setSegmentationNode(segmentation_node)
+    if hasattr(editor, "setSourceVolumeNode"):
+        editor.setSourceVolumeNode(volume_node)
+    else:  # Slicer < 5.2
+        editor.setMasterVolumeNode(volume_node)
+    segment_id = liver_segment_id(segmentation_node)
+    if segment_id:
+        editor.setCurrentSegmentID(segment_id)

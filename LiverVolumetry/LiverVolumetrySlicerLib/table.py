@@ -16,6 +16,7 @@ import vtk
 from .engine_cli import column_metadata, is_number
 
 TABLE_REFERENCE_ROLE = "LiverVolumetryTable"
+TABLE_EXTENSIONS = (".csv", ".tsv", ".txt")  # vtkMRMLTableStorageNode::GetFieldDelimiterCharacters
 
 
 def _engine_describe():
@@ -86,7 +87,13 @@ def show_table(table_node) -> None:
     application_logic.PropagateTableSelection()
 
 
-def export_table(table_node, path: str | Path) -> None:
-    """Write the table as CSV (Slicer also writes a ``.schema.csv`` with units)."""
+def export_table(table_node, path: str | Path) -> Path:
+    """Write the table as CSV (Slicer also writes a ``.schema.csv`` with units); return the
+    path written. Slicer's table writer picks the format from the extension, which Qt's own
+    save dialog does not add: '.csv' is appended unless the name ends in .csv, .tsv or .txt."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_EXTENSIONS:
+        path = path.with_name(path.name + ".csv")
     if not slicer.util.saveNode(table_node, str(path), {}):
         raise RuntimeError(f"The table could not be written to {path}.")
+    return path

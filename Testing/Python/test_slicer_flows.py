@@ -1,0 +1,236 @@
+"""User flows of the Slicer module (LiverVolumetry.py and its glue), run without Slicer.
+
+``slicer``, ``qt`` and ``vtk`` are small stand-ins (as in test_slicer_process.py); the module
+file itself is imported against them so that the widget's button logic can be driven: a
+second click delivered while a first one is still busy, closing Slicer during a run,
+engine output in another encoding, a table exported without a file extension.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from test_slicer_process import MODULE_DIR, _script_process, glue  # noqa: F401  (glue is a fixture)
+
+GLUE_MODULES = ("process", "jobs", "segmentation_io", "table", "sample")
+
+
+class _Widget(types.SimpleNamespace):
+    """A Qt widget stand-in: properties are plain attributes."""
+
+    def appendPlainText(self, text):
+        self.lines = [*getattr(self, "lines", []), text]
+
+    def property(self, name):
+        return None
+
+
+def _stand_in_slicer(monkeypatch):
+    """Just enough of slicer/qt/vtk to import LiverVolumetry.py and build its widget by hand."""
+    slicer = types.ModuleType("slicer")
+    util = types.ModuleType("slicer.util")
+    util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
+    util.errorDisplay = lambda message, **kwargs: slicer.errors.append(message)
+    util.tempDirectory = lambda key: None
+    slicer.util, slicer.errors = util, []
+    slicer.vtkMRMLScalarVolumeNode = type("vtkMRMLScalarVolumeNode", (), {})
+    slicer.vtkMRMLSegmentationNode = type("vtkMRMLSegmentationNode", (), {})
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = wrapper.Default = lambda *args: None
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+                 "ScriptedLoadableModuleWidget"):
+        setattr(scripted, name, type(name, (), {"__init__": lambda self, *args: None}))
+    vtk = types.ModuleType("vtk")
+    vtk.VTK_OBJECT = "vtkObject"
+    vtk.calldata_type = lambda kind: (lambda function: function)
+    vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent=33)
+    for name, module in {"slicer": slicer, "slicer.util": util, "slicer.parameterNodeWrapper": wrapper,
+                         "slicer.ScriptedLoadableModule": scripted, "qt": types.ModuleType("qt"), "vtk": vtk}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return slicer
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """LiverVolumetry.py imported against the stand-ins (fresh glue modules)."""
+    slicer = _stand_in_slicer(monkeypatch)
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    package = importlib.import_module("LiverVolumetrySlicerLib")
+    for name in GLUE_MODULES:  # 'from package import x' would reuse a submodule bound to older stand-ins
+        monkeypatch.delitem(sys.modules, f"LiverVolumetrySlicerLib.{name}", raising=False)
+        monkeypatch.delattr(package, name, raising=False)
+    spec = importlib.util.spec_from_file_location("LiverVolumetry", MODULE_DIR / "LiverVolumetry.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    loaded.slicer_stand_in = slicer
+    yield loaded
+    for name in GLUE_MODULES:
+        sys.modules.pop(f"LiverVolumetrySlicerLib.{name}", None)
+
+
+class FakeLogic:
+    """The logic as the widget sees it: records the runs it is asked to start."""
+
+    def __init__(self):
+        self.started, self.cancels, self.running = [], [], False
+        self.outputSegmentation = None
+
+    @property
+    def busy(self):
+        return self.running
+
+    def cancel(self, *args, **kwargs):
+        self.cancels.append((args, kwargs))
+        return self.running
+
+    def modelDescription(self, model_dir):
+        return "Model: test"
+
+    def startSegmentation(self, volume, segmentation, *args, **kwargs):
+        self.started.append((volume, segmentation))
+        self.running = True
+
+
+class FakeVolume:
+    def GetName(self):
+        return "scan"
+
+    def GetID(self):
+        return "vtkMRMLScalarVolumeNode1"
+
+
+def _widget(module):
+    """A LiverVolumetryWidget with stand-in widgets, logic and parameter node (no setup())."""
+    widget = module.LiverVolumetryWidget()
+    names = ("segmentButton", "editButton", "updateMeasurementsButton", "exportTableButton", "loadPhantomButton",
+             "modelPathLineEdit", "modelInfoLabel", "progressBar", "resultLabel", "logTextEdit")
+    widget.ui = types.SimpleNamespace(**{name: _Widget(enabled=True, text="", value=0, format="") for name in names})
+    widget.logic = FakeLogic()
+    widget._parameterNode = types.SimpleNamespace(inputVolume=FakeVolume(), outputSegmentation=None,
+                                                  device="cpu", computeRadiomics=False, useCustomModel=False,
+                                                  customModelPath=Path("."))
+    return widget
+
+
+# --------------------------------------------------------------------------- clicks during a pip install
+
+
+def test_a_click_while_the_dependencies_install_starts_no_second_run(module, monkeypatch):
+    """pip_install logs its output through slicer.app.processEvents(), so a second click on
+    'Segment liver' (the button still reads so: nothing runs yet) is handled *inside* the first
+    click's dependency check: it must not start a second engine run next to the first."""
+    widget = _widget(module)
+    nested = []
+
+    def ensure(*args, **kwargs):  # what the install does while it processes events
+        if not nested:
+            nested.append(True)
+            widget.onSegmentButton()
+        return True
+
+    monkeypatch.setattr(module.dependencies, "ensure", ensure)
+    widget.onSegmentButton()
+    assert nested and len(widget.logic.started) == 1
+    assert widget.ui.segmentButton.text == "Cancel"
+
+
+def test_other_buttons_are_ignored_while_a_start_is_under_way(module, monkeypatch):
+    widget = _widget(module)
+    phantoms, calls = [], []
+    monkeypatch.setattr(module.sample, "load_phantom", lambda: phantoms.append(True) or FakeVolume())
+
+    def ensure(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            widget.onLoadPhantomButton()  # clicked during the install of the segmentation's packages
+        return True
+
+    monkeypatch.setattr(module.dependencies, "ensure", ensure)
+    widget.onSegmentButton()
+    assert phantoms == [] and len(widget.logic.started) == 1
+
+
+# --------------------------------------------------------------------------- closing Slicer during a run
+
+
+def test_closing_the_module_waits_for_the_killed_run_so_its_folder_is_removed(module):
+    """cleanup() runs when Slicer quits: no timer fires afterwards, so the end of the killed
+    run (which deletes the copy of the patient's volume in the temporary folder) must be
+    delivered before cleanup() returns."""
+    widget = _widget(module)
+    widget.removeObservers = widget.setParameterNode = lambda *args: None
+    widget.cleanup()
+    (args, kwargs), = widget.logic.cancels
+    assert kwargs.get("waitSeconds", 0) > 0
+
+
+def test_a_cancel_that_waits_reports_the_end_and_removes_the_folder_at_once(glue, monkeypatch):  # noqa: F811
+    _script_process(glue, monkeypatch, "import time\ntime.sleep(120)\n")
+    work_dir = Path(glue.process.slicer.util.tempDirectory("LiverVolumetry"))
+    (work_dir / "scan.nrrd").write_text("patient data")
+    done = []
+    proc = glue.jobs.run_engine(["segment"], work_dir, lambda: pytest.fail("no import after a cancel"),
+                                on_done=lambda *result: done.append(result))
+    assert proc.cancel(wait_s=20.0)  # no wait()/poll() afterwards: the event loop is gone
+    assert done == [(False, "Cancelled.", True)] and not proc.running
+    assert not work_dir.exists()
+
+
+# --------------------------------------------------------------------------- engine output encoding
+
+
+def test_an_engine_error_in_another_encoding_still_reaches_the_user(glue, monkeypatch):  # noqa: F811
+    """On Windows the engine's stderr may be in the ANSI code page while Slicer reads UTF-8: a
+    path with an umlaut must not make the reader drop the error line (and the lines read with it)."""
+    code = ("import sys\nsys.stdout.buffer.write(b'livervolumetry: error: C:\\\\Users\\\\J\\xfcrgen\\\\scan.nrrd: "
+            "image has 2 dimensions, need 3\\n')\nsys.stdout.buffer.flush()\nsys.exit(1)\n")
+    _script_process(glue, monkeypatch, code)
+    work_dir = Path(glue.process.slicer.util.tempDirectory("LiverVolumetry"))
+    done = []
+    proc = glue.jobs.run_engine(["segment"], work_dir, lambda: "", on_done=lambda *result: done.append(result))
+    proc.wait(60)
+    (success, message, cancelled), = done
+    assert not success and not cancelled
+    assert message.startswith("The liver could not be processed: C:\\Users\\J") and "need 3" in message
+
+
+# --------------------------------------------------------------------------- geometry of a new segmentation
+
+
+def test_a_new_segmentation_takes_the_volumes_geometry_in_its_own_frame(module, monkeypatch):
+    """SetReferenceImageGeometryParameterFromVolumeNode converts the volume's geometry into the
+    segmentation's current parent frame: the segmentation must be under the volume's transform
+    first, otherwise a volume under a transform gets a reference grid moved by it twice."""
+    calls = []
+
+    class Segmentation:
+        def __getattr__(self, name):
+            return lambda *args: calls.append(name)
+
+    scene = types.SimpleNamespace(AddNewNodeByClass=lambda cls, name: Segmentation())
+    monkeypatch.setattr(module.slicer_stand_in, "mrmlScene", scene, raising=False)
+    volume = types.SimpleNamespace(GetName=lambda: "scan", GetID=lambda: "vtkMRMLScalarVolumeNode1",
+                                   GetTransformNodeID=lambda: "vtkMRMLLinearTransformNode4")
+    module.segmentation_io.create_segmentation(volume)
+    assert calls.index("SetAndObserveTransformNodeID") < calls.index("SetReferenceImageGeometryParameterFromVolumeNode")
+
+
+# --------------------------------------------------------------------------- table export
+
+
+@pytest.mark.parametrize("chosen, written", [("/data/liver", "/data/liver.csv"), ("/data/liver.csv", "/data/liver.csv"),
+                                             ("/data/liver.TSV", "/data/liver.TSV"), ("/data/v1.2", "/data/v1.2.csv")])
+def test_an_exported_table_gets_a_csv_extension_when_the_dialog_gave_none(module, monkeypatch, chosen, written):
+    """Qt's own save dialog (Linux) adds no suffix; Slicer's table writer picks the format from it."""
+    saved = []
+    monkeypatch.setattr(module.slicer_stand_in.util, "saveNode",
+                        lambda node, path, properties: saved.append(path) or True, raising=False)
+    assert module.table.export_table(object(), chosen) == Path(written)
+    assert saved == [str(Path(written))]
