@@ -1,4 +1,5 @@
-"""The measurement table: one row per run, one column per measurement, shown in a table view.
+"""The measurement table of a segmentation: one row (its latest measurement, replaced by each
+run or update), one column per measurement, shown in a table view.
 
 Numeric measurements are double columns, text columns are string columns; every column
 carries its unit (``SetColumnUnitLabel``), a description (``SetColumnDescription``) and a
