@@ -48,11 +48,6 @@ def _style_liver_segment(segmentation_node, segment_id: str) -> None:
     segment.SetTag(segment.GetTerminologyEntryTagName(), LIVER_TERMINOLOGY)
 
 
-def _ensure_liver_segment(segmentation_node) -> str:
-    segment_id = liver_segment_id(segmentation_node)
-    if not segment_id:
-        segment_id = segmentation_node.GetSegmentation().AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME, LIVER_COLOR)
-    return segment_id
 
 
 def create_segmentation(volume_node):
@@ -77,9 +72,11 @@ def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume
     """Replace the 'Liver' segment by the engine's mask file; return the segment ID."""
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     segmentation_node.CreateDefaultDisplayNodes()
-    segment_id = _ensure_liver_segment(segmentation_node)
     labelmap = slicer.util.loadLabelVolume(str(mask_file), {"show": False, "name": "__LiverVolumetryMask__"})
     try:
+        existing = liver_segment_id(segmentation_node)
+        segment_id = existing or segmentation_node.GetSegmentation().AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME,
+                                                                                     LIVER_COLOR)
         # The mask is on the volume's own (local) grid: give it the volume's parent transform,
         # so that the import maps it into the segmentation's frame, whatever that is.
         labelmap.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())
@@ -87,6 +84,8 @@ def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume
         segment_ids.InsertNextValue(segment_id)
         logic = slicer.modules.segmentations.logic()
         if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, segment_ids):
+            if not existing:  # a failed import leaves no empty 'Liver' segment behind
+                segmentation_node.GetSegmentation().RemoveSegment(segment_id)
             raise RuntimeError(f"Slicer could not import the liver mask into the segmentation "
                                f"'{segmentation_node.GetName()}'. A segmentation whose source representation is "
                                "not a binary labelmap (e.g. made from a surface model) cannot take it: choose "

@@ -122,6 +122,7 @@ MRML_METHODS = {
     "PropagateTableSelection": "Libs/MRML/Logic/vtkMRMLApplicationLogic.cxx",
     "RemoveAllColumns": TABLE_NODE_H,
     "RemoveNode": UTIL,
+    "RemoveSegment": SEGMENTATION_H,
     "SetActiveTableID": "Libs/MRML/Core/vtkMRMLSelectionNode.h",
     "SetAndObserveTransformNodeID": TRANSFORMABLE_NODE_H,
     "SetAttribute": SCRIPTED_MODULE,

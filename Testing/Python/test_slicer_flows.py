@@ -234,3 +234,40 @@ def test_an_exported_table_gets_a_csv_extension_when_the_dialog_gave_none(module
                         lambda node, path, properties: saved.append(path) or True, raising=False)
     assert module.table.export_table(object(), chosen) == Path(written)
     assert saved == [str(Path(written))]
+
+
+# --------------------------------------------------------------------------- a failed import
+
+
+@pytest.mark.parametrize("had_liver", [False, True])
+def test_a_mask_slicer_cannot_import_leaves_no_empty_liver_segment(module, monkeypatch, had_liver):
+    """A segmentation whose source representation is a surface refuses a labelmap: the empty
+    'Liver' segment added for the import must go again (an existing one stays)."""
+    segments = {"Liver": "Liver"} if had_liver else {}
+
+    class Segmentation:
+        def AddEmptySegment(self, segment_id, name, color):
+            segments[segment_id] = name
+            return segment_id
+
+        def RemoveSegment(self, segment_id):
+            del segments[segment_id]
+
+    node = types.SimpleNamespace(SetReferenceImageGeometryParameterFromVolumeNode=lambda volume: None,
+                                 CreateDefaultDisplayNodes=lambda: None, GetSegmentation=Segmentation,
+                                 GetName=lambda: "surface liver")
+    labelmap = types.SimpleNamespace(SetAndObserveTransformNodeID=lambda node_id: None)
+    stand_in = module.slicer_stand_in
+    monkeypatch.setattr(stand_in.util, "loadLabelVolume", lambda path, properties: labelmap, raising=False)
+    monkeypatch.setattr(stand_in, "mrmlScene", types.SimpleNamespace(RemoveNode=lambda n: None), raising=False)
+    logic = types.SimpleNamespace(ImportLabelmapToSegmentationNode=lambda *args: False)
+    monkeypatch.setattr(stand_in, "modules", types.SimpleNamespace(
+        segmentations=types.SimpleNamespace(logic=lambda: logic)), raising=False)
+    io = module.segmentation_io
+    monkeypatch.setattr(io, "liver_segment_id", lambda n: next(iter(segments), None))
+    monkeypatch.setattr(io.vtk, "vtkStringArray", lambda: types.SimpleNamespace(InsertNextValue=lambda v: None),
+                        raising=False)
+    volume = types.SimpleNamespace(GetTransformNodeID=lambda: None)
+    with pytest.raises(RuntimeError, match="source representation is not a binary labelmap"):
+        io.import_liver_mask("mask.nii.gz", node, volume)
+    assert segments == ({"Liver": "Liver"} if had_liver else {})
