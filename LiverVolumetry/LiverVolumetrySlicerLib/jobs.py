@@ -129,17 +129,18 @@ def run_engine(arguments: list[str], work_dir: Path, import_results: Callable[[]
     def on_finished(returncode: int, cancelled: bool) -> None:
         try:
             if cancelled:
-                on_done(False, "Cancelled.", True)
+                outcome = (False, "Cancelled.", True)
             elif returncode == 0 and not failed:
-                on_done(True, import_results(), False)
+                outcome = (True, import_results(), False)
             else:
                 first = failed[0] if failed else None
-                on_done(False, engine_cli.failure_message(returncode, first, process.lines), False)
+                outcome = (False, engine_cli.failure_message(returncode, first, process.lines), False)
         except Exception as error:  # noqa: BLE001 - reported to the user through on_done
             logging.exception("LiverVolumetry: loading the results failed")
-            on_done(False, f"The results could not be loaded: {error}", False)
+            outcome = (False, f"The results could not be loaded: {error}", False)
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+        on_done(*outcome)  # once: a failure inside on_done is not taken for a failed import
 
     process = EngineProcess(arguments, on_event, on_finished)
     try:

@@ -217,11 +217,11 @@ def segmentation_job(glue, monkeypatch):
         present.add(made[-1])
         return made[-1]
 
-    def run(code, segmentation=None, cancel=False, remove=(), edit=False):
+    def run(code, segmentation=None, cancel=False, remove=(), edit=False, on_done=None):
         volume = FakeNode("scan")
         present.update({volume, segmentation} - {None})
         _script_process(glue, monkeypatch, code)
-        proc = glue.jobs.start_segmentation(volume, segmentation, "cpu", on_done=lambda *r: done.append(r),
+        proc = glue.jobs.start_segmentation(volume, segmentation, "cpu", on_done=on_done or (lambda *r: done.append(r)),
                                             new_segmentation=new_segmentation)
         if cancel:
             time.sleep(0.5)
@@ -241,6 +241,18 @@ def test_a_new_output_segmentation_is_made_only_when_the_results_arrive(segmenta
     segmentation_job.run(_events_script())
     assert segmentation_job.done[-1] == (True, "Liver volume: 1.0 mL", False)
     assert segmentation_job.imported == segmentation_job.made and len(segmentation_job.made) == 1
+
+
+def test_a_failure_in_the_callers_handler_is_not_reported_as_a_failed_import(segmentation_job):
+    calls = []
+
+    def on_done(*result):  # e.g. the widget's own update raises after a good import
+        calls.append(result)
+        raise RuntimeError("widget gone")
+
+    with pytest.raises(RuntimeError, match="widget gone"):
+        segmentation_job.run(_events_script(), on_done=on_done)
+    assert calls == [(True, "Liver volume: 1.0 mL", False)]  # once, not followed by "could not be loaded"
 
 
 @pytest.mark.parametrize("removed", ["volume", "segmentation"])
