@@ -183,13 +183,16 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
     reporter.start(len(cases))
     try:
         for item in cases:
+            # A finished case of this table (same input, checked above) whose files are not all
+            # there any more is redone: what is left of its files is this table's own output.
+            replace = overwrite or table.finished(item.case)
             if not overwrite and table.finished(item.case) and all(p.exists() for p in CaseOutputs.for_case(out_dir, item.case).all()):
                 reporter.case_done(item.case, "skipped", "already done (use --overwrite to redo)", 0.0)
                 rows.append(table.rows[item.case])
                 continue
             start = time.perf_counter()
             try:
-                row = process_case(item, out_dir, bundle, device, radiomics, overwrite, reporter, cancel)
+                row = process_case(item, out_dir, bundle, device, radiomics, replace, reporter, cancel)
             except CancelledError:
                 raise
             except LiverVolumetryError as error:
@@ -202,7 +205,7 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
                        "model_version": bundle.version, "device": device,
                        "seconds": round(time.perf_counter() - start, 2), "status": "failed",
                        "error": f"{item.path}: {type(error).__name__}: {first}"}
-            if row["status"] == "failed" and overwrite:
+            if row["status"] == "failed" and replace:
                 # Asked to replace this case's files, which the failed row no longer describes.
                 for path in CaseOutputs.for_case(out_dir, item.case).all():
                     path.unlink(missing_ok=True)
