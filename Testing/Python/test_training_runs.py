@@ -232,3 +232,13 @@ def test_export_moves_only_a_complete_bundle_into_place(trained_run, tmp_path, c
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main(["export", str(run), "-o", str(tmp_path / "other"), "--overwrite"]) == 1
     assert "is not a model bundle" in one_line_error(capsys) and (tmp_path / "other" / "notes.txt").is_file()
+
+
+def test_export_threshold_goes_into_the_bundle_and_a_bad_one_is_refused(trained_run, tmp_path, capsys):
+    default = load_recipe(str(TINY["base"]))["inference"].get("threshold", 0.5)
+    assert main(["export", str(trained_run), "-o", str(tmp_path / "bundle"), "--threshold", "0.65"]) == 0
+    assert load_bundle(tmp_path / "bundle").inference.threshold == 0.65 != default
+    for bad in ("1.5", "0"):
+        assert main(["export", str(trained_run), "-o", str(tmp_path / f"bad{bad}"), "--threshold", bad]) == 1
+        assert f"threshold must lie between 0 and 1, got {float(bad)}" in one_line_error(capsys)
+        assert not (tmp_path / f"bad{bad}").exists()
