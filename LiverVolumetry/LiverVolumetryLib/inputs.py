@@ -1,9 +1,9 @@
 """Turning command-line arguments into a list of cases to process.
 
 An argument is an image file, a folder, or a CSV manifest. No pixel data is read here
-(only directory listings, 132-byte DICOM magic checks and the CSV; with a series chosen,
-the DICOM headers of sub-folders), so this is fast even for large batches; each case is
-fully checked later when it is read.
+(only directory listings, 132-byte DICOM magic checks and the CSV; the DICOM headers of a
+DICOM folder argument, and with a series chosen those of sub-folders), so this is fast
+even for large batches; each case is fully checked later when it is read.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dicom import list_dicom_series, matching_series
+from .dicom import choose_series, list_dicom_series, matching_series
 from .errors import InputError
 from .imageio import IMAGE_SUFFIXES, case_id, image_suffix
 
@@ -98,11 +98,25 @@ def _holds_series(folder: Path, wanted: str) -> bool:
         return True
 
 
+def _dicom_folder_case(folder: Path, series_uid: str | None) -> InputCase:
+    """A DICOM folder named as an input, as one case. Which series it reads is settled now
+    (headers only), so a ``series_uid`` it lacks, or several series and none chosen, stops
+    the run before any case is processed (InputError listing its series). A folder whose
+    series cannot be listed, or that GDCM finds none in, is kept: its read records why."""
+    try:
+        series = list_dicom_series(folder)
+    except InputError:
+        series = []
+    if series:
+        choose_series(folder, series, series_uid)
+    return InputCase(case_id(folder), folder, series_uid)
+
+
 def _cases_from_folder(folder: Path, series_uid: str | None) -> list[InputCase]:
     """One DICOM case, or the folder's image files plus its DICOM sub-folders (with a
     series chosen, only the sub-folders holding it: an export with a folder per series)."""
     if folder_holds_dicom(folder):
-        return [InputCase(case_id(folder), folder, series_uid)]
+        return [_dicom_folder_case(folder, series_uid)]
     files = sorted((p for p in folder.iterdir() if _is_input_image(p)),
                    key=lambda p: _natural_key(p.name))
     subfolders = _dicom_subfolders(folder)
@@ -212,7 +226,9 @@ def collect_inputs(arguments: Sequence[str | os.PathLike],
     file directly in it (natural sort, ``.seg.nrrd`` skipped) and each sub-folder at any
     depth holding DICOM files (named by its relative path, parts joined with ``_``) is a
     case. ``series_uid`` applies to DICOM cases that do not name their own. Raises
-    InputError for missing paths, unsupported files, nothing found, or duplicate names.
+    InputError for missing paths, unsupported files, nothing found, duplicate names, or a
+    DICOM folder argument whose series cannot be chosen (``series_uid`` not in it, or
+    several series and no ``series_uid``).
     """
     cases: list[InputCase] = []
     for argument in arguments:

@@ -60,7 +60,9 @@ def test_folder_of_images_natural_order_skips_segmentations_and_other_files(tmp_
 def test_dicom_folder_is_one_case_with_series(tmp_path):
     folder = write_dicom(tmp_path / "patient7")
     (folder / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
-    assert collect_inputs([folder], series_uid="1.2.3") == [InputCase("patient7", folder, "1.2.3")]
+    uid = "1.2.826.0.1.3680043.8.498.7"  # write_dicom's
+    assert collect_inputs([folder], series_uid=uid) == [InputCase("patient7", folder, uid)]
+    assert collect_inputs([folder]) == [InputCase("patient7", folder)]
 
 
 def test_nested_dicom_subfolders_and_images(tmp_path):
@@ -86,6 +88,50 @@ def test_a_folder_whose_series_cannot_be_listed_is_kept_for_its_read_to_report(t
         file.write_bytes(data.replace(bits_allocated_16, bits_allocated_16[:-2] + b"\x07\x00"))
     found = collect_inputs([tmp_path], series_uid="1.2.826.0.1.3680043.8.498.7")
     assert [c.case for c in found] == ["p1_T1", "p2_T1"]  # not an InputError for the whole run
+    assert [c.case for c in collect_inputs([bad], series_uid="1.2.826.0.1.3680043.8.498.7")] == ["T1"]
+
+
+def _two_studies(tmp_path: Path, second: tuple[str, ...]) -> tuple[Path, Path]:
+    """studyA holding a 't1_vibe_fs_pv' series, studyC the series described ``second``."""
+    from conftest import make_volume
+    from test_dicom import write_dicom_series
+
+    first, other = tmp_path / "studies" / "studyA", tmp_path / "studies" / "studyC"
+    write_dicom_series(make_volume(), first, "1.2.826.0.1.3680043.8.498.60", "t1_vibe_fs_pv")
+    for k, description in enumerate(second):
+        write_dicom_series(make_volume(seed=k + 1), other, f"1.2.826.0.1.3680043.8.498.7{k}", description,
+                           prefix=f"s{k}")
+    return first, other
+
+
+@pytest.mark.parametrize("second, series, keywords", [
+    (("t2_spir",), ["--series", "t1_vibe_fs_pv"],
+     ["no DICOM series with UID or description 't1_vibe_fs_pv'", "1.2.826.0.1.3680043.8.498.70 't2_spir'"]),
+    (("t2_spir", "t1_vibe_fs_pv"), [],
+     ["holds 2 DICOM series; choose one with --series", "1.2.826.0.1.3680043.8.498.71 't1_vibe_fs_pv'"]),
+], ids=["series_missing", "several_series_without_series"])
+def test_a_named_dicom_folder_whose_series_cannot_be_chosen_stops_the_run_before_any_work(
+        tmp_path, monkeypatch, capsys, second, series, keywords):
+    from LiverVolumetryLib import batch
+    from LiverVolumetryLib.cli import main
+
+    first, other = _two_studies(tmp_path, second)
+    monkeypatch.setattr(batch, "run_segmentation", lambda *a, **k: pytest.fail("a case was processed"))
+    out = tmp_path / "out"
+    code = main(["segment", str(first), str(other), *series, "-o", str(out), "--no-radiomics",
+                 "--progress", "none"])
+    printed = capsys.readouterr()
+    assert code != 0 and printed.out == "" and not out.exists()
+    error = printed.err.strip()
+    assert "\n" not in error and error.startswith(f"livervolumetry: error: {other}: "), error
+    assert all(keyword in error for keyword in keywords) and "studyA" not in error, error
+
+
+def test_a_named_dicom_folder_holding_the_series_is_one_case_and_a_study_tree_skips_the_others(tmp_path):
+    first, other = _two_studies(tmp_path, ("t2_spir",))
+    assert collect_inputs([first], series_uid=" T1_VIBE_fs_pv") == [InputCase("studyA", first, " T1_VIBE_fs_pv")]
+    found = collect_inputs([first.parent], series_uid="t1_vibe_fs_pv")  # a tree: studyC is left out
+    assert [(c.case, c.path) for c in found] == [("studyA", first)]
 
 
 def test_csv_manifest_with_relative_paths(tmp_path):
