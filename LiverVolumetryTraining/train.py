@@ -28,6 +28,7 @@ from LiverVolumetryLib.segment import stride_product, window_roi
 
 from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
 from .distributed import DistContext, distributed_session, is_main_process, unwrap, wrap_model
+from .precision import autocast_dtype, guard_bf16_convolutions, precision_name
 from .recipes import expand_stages
 from .run_folder import check_resume, check_train_arguments, entry_dicts, load_checkpoint, remove_unstarted_run
 from .run_log import RunLog
@@ -123,28 +124,6 @@ def validate(network: torch.nn.Module, cases: Sequence[CachedCase], recipe: dict
             scores[case.case] = dice_on_grid(prob, case.label, settings.threshold)
     network.train()
     return scores
-
-
-def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
-    """The dtype the forward pass runs in under autocast, or None for plain float32.
-
-    ``precision`` is the recipe's: ``"fp32"`` (or absent) or ``"bf16"``, mixed precision
-    with bfloat16 convolutions and float32 weights, optimiser and loss (about 1.6x faster
-    training steps on a CPU with AVX-512 BF16, e.g. AMD Zen 4; tensor cores on a GPU).
-    Where the device lacks fast bfloat16 the run falls back to float32.
-    """
-    if precision in (None, "fp32"):
-        return None
-    if precision != "bf16":
-        raise LiverVolumetryError(f"unknown precision {precision!r} (fp32 or bf16)")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return torch.bfloat16 if device.type == "cpu" and supported is not None and supported() else None
-
-
-def precision_name(amp: torch.dtype | None) -> str:
-    return "fp32" if amp is None else "bf16"
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -345,6 +324,8 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     elif init_checkpoint is not None:
         network.load_state_dict(load_checkpoint(init_checkpoint)["model"])
         say(f"starting from the weights of {init_checkpoint}")
+    if amp is not None and ctx.device.type == "cpu":
+        guard_bf16_convolutions(network)  # PyTorch's wrong CPU bf16 conv3d shapes run in float32
     network = wrap_model(network, ctx)
     optimizer = _make_optimizer(unwrap(network), recipe)
     if state is not None:
@@ -364,10 +345,16 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
             with torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits = network(x.to(ctx.device))
             loss = loss_fn(logits.float(), y.to(ctx.device))
+            value = loss.item()
+            # A diverged step would spoil every later checkpoint (all ranks decide together).
+            if not math.isfinite(ctx.mean(value)):
+                raise LiverVolumetryError(f"{run_dir}: the training loss is not finite ({value}) at iteration "
+                                          f"{iteration + 1}; the run stops, its last checkpoint kept (try a lower "
+                                          "learning rate, or precision fp32)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running.append(loss.item())
+            running.append(value)
             run_log.step(done := iteration + 1, running[-1], lr)
             if done % validate_every == 0 or done == iterations:
                 loss_mean = ctx.mean(float(np.mean(running)))

@@ -257,6 +257,7 @@ def test_phantom_organs_follow_the_chaos_numbering_in_any_orientation(orientatio
 
 def test_bf16_precision_runs_the_forward_pass_in_bfloat16_and_records_it(pairs_folder, tmp_path, monkeypatch):
     import LiverVolumetryTraining.train as train_module
+    from LiverVolumetryTraining.precision import autocast_dtype
 
     seen = []
     build = train_module.build_network
@@ -269,7 +270,7 @@ def test_bf16_precision_runs_the_forward_pass_in_bfloat16_and_records_it(pairs_f
 
     monkeypatch.setattr(train_module, "build_network", recording_network)
     entries = find_pairs(pairs_folder, liver_label=6)
-    expected = train_module.autocast_dtype("bf16", torch.device("cpu"))
+    expected = autocast_dtype("bf16", torch.device("cpu"))
     for precision in ("fp32", "bf16"):
         seen.clear()
         run = tmp_path / precision
@@ -289,7 +290,7 @@ def test_bf16_precision_runs_the_forward_pass_in_bfloat16_and_records_it(pairs_f
 
 
 def test_precision_is_fp32_or_bf16():
-    from LiverVolumetryTraining.train import autocast_dtype
+    from LiverVolumetryTraining.precision import autocast_dtype
 
     assert autocast_dtype(None, torch.device("cpu")) is None and autocast_dtype("fp32", torch.device("cpu")) is None
     with pytest.raises(LiverVolumetryError, match="unknown precision 'fp16'"):
