@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from LiverVolumetryLib.atomic import write_text_atomic
@@ -90,7 +91,7 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
         lines += ["| case | Dice |", "| --- | --- |", *[f"| {c} | {d:.3f} |" for c, d in per_case.items()],
                   f"| **mean ± SD** | **{validation['dice_mean']:.3f} ± {validation.get('dice_sd') or 0:.3f}** |", ""]
     if spec.get("cross_validation"):
-        lines += crossval_section(spec["cross_validation"])
+        lines += crossval_section(spec["cross_validation"], (spec.get("inference") or {}).get("threshold"))
     if notes:
         lines += [notes.strip(), ""]
     return "\n".join(lines)
@@ -103,8 +104,15 @@ def _pm(stats: dict | None, digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
-def crossval_section(cv: dict) -> list[str]:
-    """Cross-validation: per-case out-of-fold Dice per threshold, and the evaluate summary."""
+def _shipped_note(chosen: float, shipped: float | None) -> str:
+    if shipped is None or math.isclose(shipped, chosen):
+        return " (shipped)" if shipped is not None else ""
+    return f"; this bundle ships {shipped:g} instead (set at export)"
+
+
+def crossval_section(cv: dict, shipped: float | None = None) -> list[str]:
+    """Cross-validation: per-case out-of-fold Dice per threshold, and the evaluate summary;
+    ``shipped``: the bundle's own threshold (export's ``--threshold`` may differ from crossval's)."""
     thresholds = [str(t) for t in cv["thresholds"]]
     unsure = cv.get("unsure_fraction_per_case") or {}  # absent in summaries written before it was recorded
     extra = [("unsure fraction", lambda case: f"{unsure[case]:.2f}")] if unsure else []
@@ -121,8 +129,8 @@ def crossval_section(cv: dict) -> list[str]:
     lines += ["| **mean** | " + " | ".join(f"**{cv['dice_mean_by_threshold'][t]:.3f}**" for t in thresholds) + " | |"
               + " |" * len(extra),
               "", f"Out-of-fold Dice with each case's nested threshold: **{cv['dice_mean']:.3f} ± "
-              f"{cv.get('dice_sd') or 0:.3f}** (lowest {cv['dice_min']:.3f}). Threshold chosen on all folds "
-              f"(shipped): {cv['threshold']:g}.", ""]
+              f"{cv.get('dice_sd') or 0:.3f}** (lowest {cv['dice_min']:.3f}). Threshold chosen on all folds: "
+              f"{cv['threshold']:g}" + _shipped_note(cv["threshold"], shipped) + ".", ""]
     ev = cv.get("evaluation") or {}
     if ev:
         vol, rad, ba = ev.get("volume") or {}, ev.get("radiomics") or {}, (ev.get("volume") or {}).get("bland_altman")

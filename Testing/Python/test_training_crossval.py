@@ -103,6 +103,14 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
     assert bundle.metadata["cross_validation"]["folds"] == folds
     card = (tmp_path / "bundle" / "MODEL.md").read_text(encoding="utf-8")
     assert "## Cross-validation" in card and "nested threshold | unsure fraction |" in card
+    assert f"Threshold chosen on all folds: {summary['threshold']:g} (shipped)." in card
+    # Another threshold at export: the card names the one the bundle ships, beside crossval's.
+    other = 0.55 if summary["threshold"] != 0.55 else 0.45
+    assert main(["export", str(run / "fold0"), "-o", str(tmp_path / "bundle2"), "--crossval", str(run),
+                 "--threshold", str(other)]) == 0
+    card2 = (tmp_path / "bundle2" / "MODEL.md").read_text(encoding="utf-8")
+    assert (f"Threshold chosen on all folds: {summary['threshold']:g}; this bundle ships {other:g} instead "
+            "(set at export).") in card2
     flagged = summary["evaluation"]["plausibility_warnings"]
     assert f"| plausibility warnings | {len(flagged)} of 4 masks flagged" in card
 
