@@ -205,8 +205,11 @@ def stage_iterations(stages: list[dict], train_count: int, iterations: int | Non
         return counts
     if iterations < len(stages):
         raise LiverVolumetryError(f"{iterations} iteration(s) cannot be shared among {len(stages)} stages")
-    scaled = [max(1, round(c * iterations / sum(counts))) for c in counts[:-1]]
-    return scaled + [max(1, iterations - sum(scaled))]
+    scaled = []
+    for k, c in enumerate(counts[:-1]):  # at least 1 each, and 1 left for every later stage
+        later = len(counts) - k - 1
+        scaled.append(min(max(1, round(c * iterations / sum(counts))), iterations - sum(scaled) - later))
+    return scaled + [iterations - sum(scaled)]
 
 
 def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[dict], counts: list[int],
@@ -382,6 +385,7 @@ def _checkpoint(run_dir: Path, network, optimizer, val_cases, recipe, ctx: DistC
     epoch = f"{done / per_epoch:.2f}" if per_epoch else ""
     run_log.validation({"iteration": done, "loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "val_dice_mean": f"{mean:.4f}",
                         "seconds": f"{elapsed:.0f}", "epoch": epoch}, scores)
-    run_log.message(f"it {done}/{total} loss {loss:.4f} lr {lr:.1e} val dice {mean:.4f} "
-                    f"({', '.join(f'{k}={v:.3f}' for k, v in scores.items())}) {elapsed:.0f}s")
+    validated = (f"val dice {mean:.4f} ({', '.join(f'{k}={v:.3f}' for k, v in scores.items())})" if scores
+                 else "no validation cases")
+    run_log.message(f"it {done}/{total} loss {loss:.4f} lr {lr:.1e} {validated} {elapsed:.0f}s")
     return best

@@ -242,3 +242,9 @@ def test_export_threshold_goes_into_the_bundle_and_a_bad_one_is_refused(trained_
         assert main(["export", str(trained_run), "-o", str(tmp_path / f"bad{bad}"), "--threshold", bad]) == 1
         assert f"threshold must lie between 0 and 1, got {float(bad)}" in one_line_error(capsys)
         assert not (tmp_path / f"bad{bad}").exists()
+
+
+def test_a_run_without_validation_cases_says_so_instead_of_a_nan_dice(pairs, recipe_file, tmp_path, capsys):
+    assert main(train_args(pairs, tmp_path / "run", recipe_file, "--val-count", "0")) == 0
+    out = capsys.readouterr().out
+    assert "it 2/2 loss" in out and "no validation cases" in out and "nan" not in out

@@ -65,6 +65,13 @@ def test_iterations_on_the_command_line_are_shared_among_the_stages(entries, tmp
     stages = expand_stages(staged_recipe())  # 3 + 2 iterations
     assert stage_iterations(stages, 1) == [3, 2]
     assert stage_iterations(stages, 1, 10) == [6, 4] and stage_iterations(stages, 1, 2) == [1, 1]
+    # The total is what was asked for, also where the first stage's share rounds up to all of it.
+    lopsided = expand_stages({**staged_recipe(), "stages": [{"iterations": 8000}, {"iterations": 1800}]})
+    assert stage_iterations(lopsided, 1, 2) == [1, 1] and stage_iterations(lopsided, 1, 3) == [2, 1]
+    three = expand_stages({**staged_recipe(), "stages": [{"iterations": 90}, {"iterations": 5}, {"iterations": 5}]})
+    for total in range(3, 30):
+        counts = stage_iterations(three, 1, total)
+        assert sum(counts) == total and min(counts) >= 1, (total, counts)
     with pytest.raises(LiverVolumetryError, match="1 iteration.s. cannot be shared among 2 stages"):
         stage_iterations(stages, 1, 1)
     with pytest.raises(LiverVolumetryError, match="has stages: set each stage's length"):
