@@ -175,8 +175,12 @@ def check_recipe_values(recipe: dict, where: str | Path) -> None:
     from .recipes import expand_stages
 
     stages = expand_stages(recipe)
+    common = None
     for number, stage in enumerate(stages, start=1):
         problem = _problem(stage)
         if problem:
-            prefix = f"stage {number}: " if len(stages) > 1 else ""
+            if len(stages) > 1 and common is None:
+                common = _problem({k: v for k, v in recipe.items() if k != "stages"}) or ""
+            # A bad value every stage inherits is the recipe's, not its first stage's.
+            prefix = f"stage {number}: " if len(stages) > 1 and problem != common else ""
             raise InputError(where, f"recipe {prefix}{problem}")

@@ -51,6 +51,7 @@ def _one_line_error(capsys, *words: str) -> str:
     ({}, {"patch_size": [16, 16, 16]}, "lacks 'network', 'preprocessing'"),
     ({"base": "liver-mri"}, {"stages": [{"iterations": 5}, {"iterations": 5, "optimizer": {"lr": 0}}]},
      "stage 2: 'optimizer.lr'"),
+    ({"base": "liver-mri"}, {"augmentation": {"gama": 0.5}}, "recipe unknown augmentation(s) gama"),  # not stage 1's
 ])
 def test_a_recipe_file_with_an_unknown_key_or_unusable_value_is_refused_naming_it(tmp_path, base, override, says):
     path = tmp_path / "mine.json"
