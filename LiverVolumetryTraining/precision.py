@@ -42,9 +42,9 @@ def precision_name(amp: torch.dtype | None) -> str:
 
 def innermost_output_size(conv: torch.nn.Conv3d, input_size: int) -> int:
     """The size of ``conv``'s output along its last spatial axis for an input of ``input_size``."""
-    padding = conv.padding[2] if isinstance(conv.padding, tuple) else None
-    if padding is None:  # "same" or "valid"
-        return input_size if conv.padding == "same" else input_size - conv.dilation[2] * (conv.kernel_size[2] - 1)
+    if conv.padding == "same":  # PyTorch allows it only with stride 1
+        return input_size
+    padding = 0 if conv.padding == "valid" else conv.padding[2]
     span = conv.dilation[2] * (conv.kernel_size[2] - 1) + 1
     return (input_size + 2 * padding - span) // conv.stride[2] + 1
 

@@ -18,11 +18,13 @@ CPU_BF16 = autocast_dtype("bf16", torch.device("cpu")) is not None
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", [(3, 2, 1, 1), (3, 1, 1, 1), (2, 2, 0, 1),
-                                                               (3, 3, 2, 2), (1, 2, 0, 1), (5, 2, 2, 1)])
+                                                               (3, 3, 2, 2), (1, 2, 0, 1), (5, 2, 2, 1),
+                                                               (3, 2, "valid", 1), (3, 1, "same", 1)])
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 16])
 def test_innermost_output_size_is_the_convolutions(kernel, stride, padding, dilation, size):
     conv = torch.nn.Conv3d(1, 1, kernel, stride=stride, padding=padding, dilation=dilation)
-    if size + 2 * padding < dilation * (kernel - 1) + 1:
+    pad = {"valid": 0, "same": kernel // 2}.get(padding, padding)
+    if size + 2 * pad < dilation * (kernel - 1) + 1:
         return  # no output at all
     assert innermost_output_size(conv, size) == conv(torch.zeros(1, 1, 3, 3, size)).shape[-1]
 
