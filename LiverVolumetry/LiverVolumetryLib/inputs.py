@@ -2,7 +2,7 @@
 
 An argument is an image file, a folder, or a CSV manifest. No pixel data is read here
 (only directory listings, 132-byte DICOM magic checks and the CSV; the DICOM headers of a
-DICOM folder argument, and with a series chosen those of sub-folders), so this is fast
+DICOM folder argument or manifest row, and with a series chosen those of sub-folders), so this is fast
 even for large batches; each case is fully checked later when it is read.
 """
 
@@ -182,7 +182,14 @@ def _manifest_case(manifest: Path, line: int, record: dict[str, str], image_colu
         raise InputError(manifest, f"line {line}: case name '{case}' must be a plain file name (no '/', '\\', "
                                    "'..' or leading '.'): the outputs are named after it")
     uid = record.get("series_uid") or series_uid
-    return InputCase(case, path, uid if path.is_dir() else None)
+    if not path.is_dir():
+        return InputCase(case, path)
+    if folder_holds_dicom(path):
+        try:
+            _dicom_folder_case(path, uid)
+        except InputError as error:
+            raise InputError(manifest, f"line {line}: {error}") from None
+    return InputCase(case, path, uid)
 
 
 def _is_plain_name(case: str) -> bool:

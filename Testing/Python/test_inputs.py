@@ -138,21 +138,46 @@ def test_csv_manifest_with_relative_paths(tmp_path):
     data = tmp_path / "data"
     write_image(data / "a.nii.gz")
     write_image(tmp_path / "elsewhere" / "b.nrrd")
-    write_dicom(data / "dicom_a")
+    write_dicom(data / "dicom_a", "5.6")
+    write_dicom(data / "dicom_b", "1.2.3.4")
     manifest = data / "manifest.csv"
     manifest.write_text("\ufeffCase, Path ,series_uid\n"
                         "first,a.nii.gz,\n"
                         ",../elsewhere/b.nrrd,\n"
-                        "third,dicom_a,1.2.3.4\n"
+                        "third,dicom_b,1.2.3.4\n"
                         "\n"
                         "fourth,dicom_a,\n", encoding="utf-8")
     found = collect_inputs([manifest], series_uid="5.6")
     assert [(c.case, c.path.resolve(), c.series_uid) for c in found] == [
         ("first", (data / "a.nii.gz").resolve(), None),
         ("b", (tmp_path / "elsewhere" / "b.nrrd").resolve(), None),
-        ("third", (data / "dicom_a").resolve(), "1.2.3.4"),
+        ("third", (data / "dicom_b").resolve(), "1.2.3.4"),
         ("fourth", (data / "dicom_a").resolve(), "5.6"),
     ]
+
+
+@pytest.mark.parametrize("second, column, keywords", [
+    (("t2_spir",), "t1_vibe_fs_pv",
+     ["no DICOM series with UID or description 't1_vibe_fs_pv'", "1.2.826.0.1.3680043.8.498.70 't2_spir'"]),
+    (("t2_spir", "t1_vibe_fs_pv"), "",
+     ["holds 2 DICOM series; choose one with --series", "1.2.826.0.1.3680043.8.498.71 't1_vibe_fs_pv'"]),
+], ids=["series_missing", "several_series_without_series"])
+def test_a_manifest_row_whose_dicom_series_cannot_be_chosen_stops_the_run_before_any_work(
+        tmp_path, monkeypatch, capsys, second, column, keywords):
+    from LiverVolumetryLib import batch
+    from LiverVolumetryLib.cli import main
+
+    first, other = _two_studies(tmp_path, second)
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"image,series_uid\n{first},t1_vibe_fs_pv\n{other},{column}\n", encoding="utf-8")
+    monkeypatch.setattr(batch, "run_segmentation", lambda *a, **k: pytest.fail("a case was processed"))
+    out = tmp_path / "out"
+    code = main(["segment", str(manifest), "-o", str(out), "--no-radiomics", "--progress", "none"])
+    printed = capsys.readouterr()
+    assert code != 0 and printed.out == "" and not out.exists()
+    error = printed.err.strip()
+    assert "\n" not in error and error.startswith(f"livervolumetry: error: {manifest}: line 3: {other}: "), error
+    assert all(keyword in error for keyword in keywords) and "studyA" not in error, error
 
 
 def test_arguments_of_several_kinds_keep_their_order(tmp_path):
