@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from LiverVolumetryLib.cli import label_values
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 from .recipes import RECIPES
 
@@ -152,9 +153,11 @@ def cmd_evaluate(args) -> int:
 
     if args.model and args.predictions:
         raise LiverVolumetryError("give --model or --predictions, not both")
+    if args.prediction_label and not args.predictions:
+        raise LiverVolumetryError("--prediction-label needs --predictions")
     result = evaluate(_entries(args), args.out, model=args.model, predictions=args.predictions,
                       radiomics=not args.no_radiomics, device=args.device, log=lambda m: print(m, flush=True),
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, prediction_label=args.prediction_label)
     print(f"evaluated {len(result.cases)} cases in {result.seconds:.0f} s: see {Path(args.out) / 'report.md'}")
     return 0
 
@@ -249,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", help="model bundle folder (default: the bundled model)")
     v.add_argument("--predictions", help="folder of ready-made masks <case>.nii.gz or <case>_liver.nii.gz "
                                          "instead of running a model")
+    v.add_argument("--prediction-label", type=label_values, help="liver label value(s) in the --predictions masks, "
+                                                                "e.g. 5 for TotalSegmentator (default: any non-zero, "
+                                                                "if only one value)")
     v.add_argument("--no-radiomics", action="store_true", help="skip the radiomics agreement (much faster)")
     v.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     v.add_argument("-o", "--out", required=True, help="output folder (cases.csv, summary.json, report.md, plots)")

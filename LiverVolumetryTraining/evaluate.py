@@ -155,14 +155,14 @@ def _with_case(error: InputError, entry: CaseEntry) -> InputError:
 # --------------------------------------------------------------------------- per case
 
 def _automated_mask(entry: CaseEntry, image: sitk.Image, bundle, predictions: Path | None,
-                    device: str) -> tuple[sitk.Image, str, float | None]:
+                    device: str, label: Sequence[int] | None = None) -> tuple[sitk.Image, str, float | None]:
     """The automated mask on the image grid, where it came from, and the network's unsure
-    fraction (None for a mask read from a file)."""
+    fraction (None for a mask read from a file; ``label``: its liver label value(s))."""
     if predictions is not None:
         from LiverVolumetryLib.masks import read_mask
 
         path = prediction_file(predictions, entry.case)
-        return read_mask(path, reference=image), path.name, None
+        return read_mask(path, reference=image, label=label), path.name, None
     from LiverVolumetryLib.segment import segment_liver
 
     result = segment_liver(image, bundle, device=device)
@@ -183,13 +183,14 @@ def _features(image: sitk.Image, mask: sitk.Image, entry: CaseEntry, which: str,
 
 
 def evaluate_case(entry: CaseEntry, bundle=None, predictions: Path | None = None, radiomics: bool = True,
-                  device: str = "auto", notes: list[str] | None = None, log: Log = print) -> CaseResult:
+                  device: str = "auto", notes: list[str] | None = None, log: Log = print,
+                  prediction_label: Sequence[int] | None = None) -> CaseResult:
     """Metrics of one case (see the module docstring); errors name the case."""
     notes = [] if notes is None else notes
     start = time.perf_counter()
     try:
         image, reference = load_entry(entry)
-        automated, source, unsure = _automated_mask(entry, image, bundle, predictions, device)
+        automated, source, unsure = _automated_mask(entry, image, bundle, predictions, device, prediction_label)
         metrics = surface_metrics(automated, reference)
         result = CaseResult(case=entry.case, group=entry.group, dice=metrics.dice, hd95_mm=metrics.hd95_mm,
                             assd_mm=metrics.assd_mm, volume_auto_ml=liver_volume_ml(automated),
@@ -263,11 +264,13 @@ def _load_model(model, device: str):
 
 def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Path | None = None,
              predictions: str | Path | None = None, radiomics: bool = True, device: str = "auto",
-             log: Log = print, overwrite: bool = False) -> EvaluationResult:
+             log: Log = print, overwrite: bool = False,
+             prediction_label: Sequence[int] | None = None) -> EvaluationResult:
     """Evaluate automated masks against the entries' reference masks and write the report.
 
     ``model``: bundle folder for the engine's segmentation (default: the bundled model);
-    ``predictions``: folder of ready-made masks instead (not both). ``out_dir`` must be
+    ``predictions``: folder of ready-made masks instead (not both), whose liver is
+    ``prediction_label`` (one or more values; default any non-zero, if only one). ``out_dir`` must be
     empty or absent unless ``overwrite``. Bad entries raise a one-line error naming them.
     """
     from .evaluate_report import write_report
@@ -285,11 +288,12 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         automated = f"model {bundle.name} {bundle.version} ({bundle.path}, sha256 {bundle.sha256[:12]}, {device})"
         training_cases = {str(c) for c in (bundle.metadata.get("training") or {}).get("cases", [])}
     else:
-        automated = f"predictions folder {predictions}"
+        labels = "" if prediction_label is None else f", label {','.join(str(v) for v in prediction_label)}"
+        automated = f"predictions folder {predictions}{labels}"
     log(f"evaluating {len(entries)} case(s); automated masks: {automated}")
     result = EvaluationResult(cases=[], automated=automated, radiomics=radiomics)
     for number, entry in enumerate(entries, start=1):
-        case = evaluate_case(entry, bundle, predictions, radiomics, device, result.notes, log)
+        case = evaluate_case(entry, bundle, predictions, radiomics, device, result.notes, log, prediction_label)
         case.trained_on = case.case in training_cases
         result.cases.append(case)
         log(f"[{number}/{len(entries)}] {case.case}: Dice {case.dice:.4f}, HD95 {case.hd95_mm:.2f} mm, "

@@ -165,6 +165,16 @@ def cmd_model(args) -> int:
     return EXIT_OK
 
 
+def label_values(text: str) -> tuple[int, ...]:
+    """``--label``: one or more comma-separated integer label values."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a label value or comma-separated list of them, "
+                                         "e.g. 6 or 1,2") from None
+    return values
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model bundle folder (default: the bundled model)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "gpu"),
@@ -194,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     mea.add_argument("mask", help="liver mask on the image's grid (.nii.gz, .nrrd, .seg.nrrd, ...)")
     mea.add_argument("-o", "--output", help="output folder for measurements.csv/json (default: print only)")
     mea.add_argument("--case", help="case name in the table (default: image file name)")
-    mea.add_argument("--label", type=int, help="liver label value in the mask (default: any non-zero)")
+    mea.add_argument("--label", type=label_values, help="liver label value(s) in the mask, e.g. 6, or 1,2 for "
+                                                        "liver plus lesions (default: any non-zero, if only one value)")
     mea.add_argument("--series", help=SERIES_HELP)
     mea.add_argument("--no-radiomics", action="store_true")
     mea.add_argument("--overwrite", action="store_true", help="replace this case's row if the table has one")

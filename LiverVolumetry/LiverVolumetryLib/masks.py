@@ -9,6 +9,7 @@ the mask is pasted voxel for voxel, never interpolated. Every failure is a one-l
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,15 @@ __all__ = ["read_mask"]
 
 
 def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
-              label: int | None = None) -> sitk.Image:
+              label: int | Sequence[int] | None = None) -> sitk.Image:
     """Read a reference or hand-corrected liver mask as uint8 0/1.
 
-    With ``label`` None any non-zero voxel is liver, else voxels equal to ``label``; but a
-    Slicer ``.seg.nrrd`` with several segments gives its segment named 'Liver' (refused
-    when none is). A multi-layer file is read as the union of its layers (``label``
-    is then ambiguous and refused). With ``reference``, the mask is returned on exactly
+    With ``label`` None any non-zero voxel is liver, as long as all of them share one value
+    (a labelmap of several labels is refused, listing them: their union is rarely the
+    liver); else voxels equal to ``label`` (or to any of several values, e.g. liver plus
+    lesions). A Slicer ``.seg.nrrd`` with several segments gives its segment named 'Liver'
+    (refused when none is). A multi-layer file is read as the union of its layers
+    (``label`` is then ambiguous and refused). With ``reference``, the mask is returned on exactly
     the reference's grid. The mask's own grid may be a sub-box or super-box of it (as
     Slicer saves a segmentation cropped to its extent): same spacing and direction within
     round-off, origin a whole number of voxels away. It is pasted in voxel for voxel (no
@@ -43,7 +46,8 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
     _check_spacing(path, reader.GetSpacing())
     _check_direction(path, reader.GetDirection())
     if components > 1 and label is not None:
-        raise InputError(path, f"has {components} segment layers, so label {label} is "
+        shown = label if isinstance(label, int) else ",".join(str(v) for v in label)
+        raise InputError(path, f"has {components} segment layers, so label {shown} is "
                                "ambiguous; omit the label to use every segment")
     offset = (0, 0, 0) if reference is None else _grid_offset(path, reader, reference)
     image = _execute(reader, path)
@@ -53,11 +57,27 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
     segment = None if label is not None else _liver_segment(path, reader, components)
     if segment is not None:  # (layer, label value) of the 'Liver' segment
         liver = (array[..., segment[0]] if components > 1 else array) == segment[1]
-    else:
-        liver = array != 0 if label is None else array == label
+    elif label is None:
+        liver = array != 0
         if components > 1:
             liver = liver.any(axis=-1)
+        else:
+            _check_single_label(path, array, liver)
+    else:
+        liver = np.isin(array, [label] if isinstance(label, int) else list(label))
     return _paste_into_grid(path, liver, offset, image if reference is None else reference)
+
+
+def _check_single_label(path: Path, array: np.ndarray, liver: np.ndarray) -> None:
+    """Refuse a plain labelmap whose non-zero voxels hold several values, naming them."""
+    values = array[liver]
+    if values.size == 0 or values.min() == values.max():
+        return
+    found = np.unique(values)
+    shown = ", ".join(f"{v:g}" for v in found[:8]) + (f", ... ({found.size} in all)" if found.size > 8 else "")
+    raise InputError(path, f"holds several labels ({shown}), so which voxels are liver is ambiguous; "
+                           "give the liver's label value (measure --label, evaluate --prediction-label: N, "
+                           "or N,M for liver plus lesions)")
 
 
 def _liver_segment(path: Path, reader: sitk.ImageFileReader, components: int) -> tuple[int, int] | None:

@@ -155,6 +155,30 @@ def test_measure_recomputes_from_corrected_mask(phantom_file, tmp_path):
     assert code == 1 and "--overwrite" in err
 
 
+def test_measure_of_a_multi_label_map_needs_the_liver_label(phantom_file, tmp_path, capsys):
+    path, truth = phantom_file
+    arr = sitk.GetArrayFromImage(truth).astype(np.uint8) * 6  # AMOS-like: liver 6 ...
+    lesion = np.zeros_like(arr)
+    lesion[tuple(np.argwhere(arr)[0])] = 1
+    arr[lesion == 1] = 7  # ... a lesion inside it ...
+    arr[0, 0, 0] = 3  # ... and another organ
+    labels = sitk.GetImageFromArray(arr)
+    labels.CopyInformation(truth)
+    mask_path = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(labels, str(mask_path))
+    out = tmp_path / "m"
+    assert main(["measure", str(path), str(mask_path), "-o", str(out), "--no-radiomics"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{mask_path}: holds several labels (3, 6, 7)" in err and not out.exists(), err
+    assert main(["measure", str(path), str(mask_path), "-o", str(out), "--no-radiomics", "--label", "6,7"]) == 0
+    row = json.loads((out / "measurements.json").read_text())[0]
+    voxel_ml = np.prod(truth.GetSpacing()) / 1000
+    assert row["volume_ml"] == pytest.approx(np.isin(arr, (6, 7)).sum() * voxel_ml, rel=1e-6)
+    with pytest.raises(SystemExit) as stopped:
+        main(["measure", str(path), str(mask_path), "--label", "liver"])
+    assert stopped.value.code == 2 and "'liver' is not a label value" in capsys.readouterr().err
+
+
 def test_corrupt_bundle_is_refused(phantom_file, tmp_path):
     from LiverVolumetryLib.bundle import default_bundle_dir
 

@@ -24,18 +24,36 @@ def test_bad_mask_is_one_line_input_error(tmp_path):
         read_mask(path)
 
 
-def test_read_mask_any_nonzero_or_one_label(tmp_path):
+def test_read_mask_one_value_one_label_or_several_labels(tmp_path):
     array = np.zeros((6, 7, 8), np.uint8)
-    array[1, 2, 3], array[2, 2, 2], array[4, 5, 6] = 1, 2, 255
+    array[1, 2, 3], array[2, 2, 2], array[4, 5, 6] = 255, 255, 255
     labels = sitk.GetImageFromArray(array)
     labels.CopyInformation(make_volume(direction=OBLIQUE))
     path = write_image(tmp_path, "label_1.nii.gz", labels)
-    mask = read_mask(path)
+    mask = read_mask(path)  # one non-zero value (a 0/255 mask): every non-zero voxel
     assert mask.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(mask), (array != 0).astype(np.uint8))
     assert_same_geometry(mask, labels, 1e-5)
+    array[1, 2, 3], array[2, 2, 2] = 1, 2
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(make_volume(direction=OBLIQUE))
+    write_image(tmp_path, "label_1.nii.gz", labels)
     only_two = sitk.GetArrayFromImage(read_mask(path, label=2))
     assert only_two.sum() == 1 and only_two[2, 2, 2] == 1
+    liver_and_lesion = sitk.GetArrayFromImage(read_mask(path, label=(1, 2)))
+    assert liver_and_lesion.sum() == 2 and liver_and_lesion[1, 2, 3] == liver_and_lesion[2, 2, 2] == 1
+
+
+def test_a_labelmap_of_several_labels_without_a_label_value_is_refused(tmp_path):
+    array = np.zeros((6, 7, 8), np.uint8)
+    array[1:3, 2, 3], array[4, 5, 6] = 6, 5  # e.g. AMOS: liver 6, beside another organ
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(make_volume())
+    path = write_image(tmp_path, "organs.nii.gz", labels)
+    with pytest.raises(InputError, match=r"organs.nii.gz: holds several labels \(5, 6\).*--label") as caught:
+        read_mask(path)
+    assert "\n" not in str(caught.value)
+    assert sitk.GetArrayFromImage(read_mask(path, label=6)).sum() == 2
 
 
 def test_read_mask_takes_reference_geometry_within_round_off(tmp_path):

@@ -291,3 +291,31 @@ def test_cli_evaluate_bad_entry_is_one_line_error(cases, tmp_path, capsys, probl
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "case 7" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_evaluate_multi_label_predictions_need_the_liver_label(cases, tmp_path, capsys):
+    """Masks from another tool (TotalSegmentator: liver 5) beside a second organ (2)."""
+    data, predictions = tmp_path / "data", tmp_path / "pred"
+    data.mkdir()
+    predictions.mkdir()
+    for k in (0, 1):
+        for kind in ("image", "label"):
+            (data / f"{kind}_{k}.nii.gz").symlink_to(cases / "data" / f"{kind}_{k}.nii.gz")
+        reference = sitk.ReadImage(str(cases / "data" / f"label_{k}.nii.gz"))
+        organs = sitk.GetArrayFromImage(reference).astype(np.uint8) * 5
+        organs[0, :4, :4] = 2
+        labels = sitk.GetImageFromArray(organs)
+        labels.CopyInformation(reference)
+        sitk.WriteImage(labels, str(predictions / f"{k}.nii.gz"))
+    out = tmp_path / "out"
+    arguments = ["evaluate", "--data", str(data), "--predictions", str(predictions), "--no-radiomics", "-o", str(out)]
+    assert main(arguments) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "case 0" in err and "holds several labels (2, 5)" in err, err
+    assert not out.exists()
+    assert main(arguments + ["--prediction-label", "5"]) == 0, capsys.readouterr().err
+    rows = _rows(out / "cases.csv")
+    assert [float(rows[c]["dice"]) for c in "01"] == [1.0, 1.0]
+    assert "label 5" in json.loads((out / "summary.json").read_text(encoding="utf-8"))["automated"]
+    assert main(["evaluate", "--data", str(data), "--prediction-label", "5", "-o", str(tmp_path / "o2")]) == 1
+    assert "--prediction-label needs --predictions" in capsys.readouterr().err
