@@ -64,8 +64,18 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
         else:
             _check_single_label(path, array, liver)
     else:
-        liver = np.isin(array, [label] if isinstance(label, int) else list(label))
+        wanted = [label] if isinstance(label, int) else list(label)
+        liver = np.isin(array, wanted)
+        if not liver.any() and np.any(array):
+            raise InputError(path, f"has no voxel of label {','.join(str(v) for v in wanted)}; "
+                                   f"it holds label(s) {_labels_text(array[array != 0])}")
     return _paste_into_grid(path, liver, offset, image if reference is None else reference)
+
+
+def _labels_text(values: np.ndarray) -> str:
+    """The distinct ``values`` as "1, 2, 5" (the first 8, then how many in all)."""
+    found = np.unique(values)
+    return ", ".join(f"{v:g}" for v in found[:8]) + (f", ... ({found.size} in all)" if found.size > 8 else "")
 
 
 def _check_single_label(path: Path, array: np.ndarray, liver: np.ndarray) -> None:
@@ -73,9 +83,7 @@ def _check_single_label(path: Path, array: np.ndarray, liver: np.ndarray) -> Non
     values = array[liver]
     if values.size == 0 or values.min() == values.max():
         return
-    found = np.unique(values)
-    shown = ", ".join(f"{v:g}" for v in found[:8]) + (f", ... ({found.size} in all)" if found.size > 8 else "")
-    raise InputError(path, f"holds several labels ({shown}), so which voxels are liver is ambiguous; "
+    raise InputError(path, f"holds several labels ({_labels_text(values)}), so which voxels are liver is ambiguous; "
                            "give the liver's label value (measure --label, evaluate --prediction-label: N, "
                            "or N,M for liver plus lesions)")
 

@@ -54,6 +54,8 @@ def test_a_labelmap_of_several_labels_without_a_label_value_is_refused(tmp_path)
         read_mask(path)
     assert "\n" not in str(caught.value)
     assert sitk.GetArrayFromImage(read_mask(path, label=6)).sum() == 2
+    with pytest.raises(InputError, match=r"organs.nii.gz: has no voxel of label 1,9; it holds label\(s\) 5, 6$"):
+        read_mask(path, label=(1, 9))
 
 
 def test_read_mask_takes_reference_geometry_within_round_off(tmp_path):
