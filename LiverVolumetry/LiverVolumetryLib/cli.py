@@ -74,13 +74,16 @@ def _check_text(row: dict) -> str:
 
 def cmd_measure(args) -> int:
     from .batch import ResultsTable
-    from .errors import OutputError
+    from .errors import InputError, OutputError
     from .imageio import case_id, read_image, series_uid_of
     from .masks import read_mask
     from .measure import measure
     from .plausibility import plausibility_warnings
     from .reporting import make_reporter
 
+    if str(args.image).lower().endswith(".seg.nrrd"):
+        raise InputError(args.image, "is a Slicer segmentation (.seg.nrrd), not a scan: the image comes "
+                                     "first (livervolumetry measure IMAGE MASK)")
     case = args.case or case_id(args.image)
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # before the work
         raise OutputError(args.output, "is a file; the output must be a folder")

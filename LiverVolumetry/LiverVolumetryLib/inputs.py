@@ -174,6 +174,8 @@ def _manifest_case(manifest: Path, line: int, record: dict[str, str], image_colu
         path = manifest.parent / path
     if not path.exists():
         raise InputError(manifest, f"line {line}: {path} does not exist")
+    if _is_segmentation(path):
+        raise InputError(manifest, f"line {line}: {path} {_SEGMENTATION_CAUSE}")
     if path.is_file() and image_suffix(path) is None:
         raise InputError(manifest, f"line {line}: {path} is not a supported image file "
                                    f"({', '.join(IMAGE_SUFFIXES)}) or a DICOM folder")
@@ -192,6 +194,15 @@ def _manifest_case(manifest: Path, line: int, record: dict[str, str], image_colu
     return InputCase(case, path, uid)
 
 
+def _is_segmentation(path: Path) -> bool:
+    """A Slicer segmentation file (``.seg.nrrd``): a mask, never a scan to segment."""
+    return path.is_file() and path.name.lower().endswith(".seg.nrrd")
+
+
+_SEGMENTATION_CAUSE = ("is a Slicer segmentation (.seg.nrrd), not a scan: pass the image it belongs to "
+                       "(to re-measure a corrected mask: livervolumetry measure IMAGE MASK)")
+
+
 def _is_plain_name(case: str) -> bool:
     """A case name that names files inside the output folder and nowhere else."""
     return bool(case) and not case.startswith(".") and not any(c in case for c in "/\\\0")
@@ -205,6 +216,8 @@ def _cases_from_argument(argument: str | os.PathLike, series_uid: str | None) ->
         return _cases_from_folder(path, series_uid)
     if path.suffix.lower() == ".csv":
         return _cases_from_manifest(path, series_uid)
+    if _is_segmentation(path):
+        raise InputError(path, _SEGMENTATION_CAUSE)
     if image_suffix(path) is None:
         dicom = path.suffix.lower() == ".dcm"
         hint = " (pass the folder holding the DICOM series)" if dicom else ""

@@ -174,6 +174,12 @@ def test_measure_of_a_multi_label_map_needs_the_liver_label(phantom_file, tmp_pa
     row = json.loads((out / "measurements.json").read_text())[0]
     voxel_ml = np.prod(truth.GetSpacing()) / 1000
     assert row["volume_ml"] == pytest.approx(np.isin(arr, (6, 7)).sum() * voxel_ml, rel=1e-6)
+    segmentation = tmp_path / "labels.seg.nrrd"
+    sitk.WriteImage(labels, str(segmentation))
+    assert main(["measure", str(segmentation), str(path), "-o", str(tmp_path / "swapped")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"livervolumetry: error: {segmentation}: is a Slicer segmentation (.seg.nrrd), not a scan: "
+                   "the image comes first (livervolumetry measure IMAGE MASK)")
     with pytest.raises(SystemExit) as stopped:
         main(["measure", str(path), str(mask_path), "--label", "liver"])
     assert stopped.value.code == 2 and "'liver' is not a label value" in capsys.readouterr().err

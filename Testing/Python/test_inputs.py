@@ -267,8 +267,20 @@ def _no_arguments(tmp_path):
     return [], "", "no input images given"
 
 
+def _segmentation_file(tmp_path):
+    write_image(tmp_path / "case_liver.seg.nrrd")
+    return [tmp_path / "case_liver.seg.nrrd"], "case_liver.seg.nrrd", "is a Slicer segmentation (.seg.nrrd), not a scan"
+
+
+def _manifest_segmentation_row(tmp_path):
+    write_image(tmp_path / "case_liver.seg.nrrd")
+    (tmp_path / "cases.csv").write_text("image\ncase_liver.seg.nrrd\n")
+    return [tmp_path / "cases.csv"], "cases.csv: line 2: ", "case_liver.seg.nrrd is a Slicer segmentation"
+
+
 BAD = [_missing, _empty_folder, _unsupported, _single_dicom_file,
-       _manifest_without_image_column, _manifest_missing_file, _empty_manifest, _no_arguments]
+       _manifest_without_image_column, _manifest_missing_file, _empty_manifest, _no_arguments,
+       _segmentation_file, _manifest_segmentation_row]
 
 
 @pytest.mark.parametrize("make", BAD, ids=[make.__name__.lstrip("_") for make in BAD])
