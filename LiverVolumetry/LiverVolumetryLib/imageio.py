@@ -174,8 +174,13 @@ def _check_memory(path: Where, size: Sequence[int]) -> None:
                                f"{_gb(needed)} of memory to process, {_gb(available)} available")
 
 
+#: Most distinct voxel values of an image refused as a mask or label map rather than a scan.
+MAX_LABEL_VALUES = 8
+
+
 def _check_pixels(path: Where, image: sitk.Image) -> None:
-    """Refuse NaN/inf voxels and constant images (reads the pixels slab by slab)."""
+    """Refuse NaN/inf voxels, constant images and masks or label maps (a few distinct
+    values) given as the scan; reads the pixels slab by slab."""
     array = sitk.GetArrayViewFromImage(image)
     n_bad, low, high = 0, math.inf, -math.inf
     for start in range(0, array.shape[0], 16):
@@ -188,6 +193,26 @@ def _check_pixels(path: Where, image: sitk.Image) -> None:
         raise InputError(path, f"has {n_bad} voxel(s) with NaN or infinite values")
     if low == high:
         raise InputError(path, f"is a constant image (every voxel is {low:g}); it holds no image")
+    values = _few_values(array)
+    if values is not None:
+        shown = ", ".join(f"{v:g}" for v in values)
+        raise InputError(path, f"holds only {len(values)} distinct values ({shown}): a mask or label map, "
+                               "not a scan (pass the MRI it belongs to)")
+
+
+def _few_values(array: np.ndarray) -> list[float] | None:
+    """The distinct values of ``array`` when it has at most MAX_LABEL_VALUES of them (a
+    mask or label map: an MRI has thousands), else None. A strided sample of about 2e5
+    voxels settles nearly every scan at once; only a sample of few values is checked in full."""
+    flat = array.reshape(-1)
+    if np.unique(flat[::max(1, flat.size // 200_000)]).size > MAX_LABEL_VALUES:
+        return None
+    found: set[float] = set()
+    for start in range(0, array.shape[0], 16):
+        found.update(np.unique(array[start:start + 16]).tolist())
+        if len(found) > MAX_LABEL_VALUES:
+            return None
+    return sorted(found)
 
 
 def validate_image(image: sitk.Image, path: Where) -> None:

@@ -95,6 +95,12 @@ def constant(tmp: Path) -> Path:
     return _write(np.full((12, 16, 16), 7, np.float32), tmp / "constant.nrrd")
 
 
+def liver_mask_as_scan(tmp: Path) -> Path:
+    mask = np.zeros((12, 16, 16), np.uint8)
+    mask[3:9, 4:12, 4:12] = 1
+    return _write(mask, tmp / "case_liver.nii.gz")
+
+
 def tiny_spacing(tmp: Path) -> Path:
     return _write(_volume(), tmp / "tiny_spacing.nrrd", spacing=(0.001, 0.001, 0.001))
 
@@ -129,6 +135,7 @@ BAD_INPUTS = {
     "inf voxels in NIfTI": (inf_voxels_nifti, "infinite"),
     "sheared voxel grid": (sheared_grid, "sheared"),
     "constant image": (constant, "constant"),
+    "a mask given as the scan": (liver_mask_as_scan, "holds only 2 distinct values (0, 1): a mask or label map"),
     "absurd small spacing": (tiny_spacing, "spacing"),
     "absurd large spacing": (huge_spacing, "spacing"),
     "empty DICOM folder": (empty_dicom_folder, "DICOM"),

@@ -222,6 +222,21 @@ def test_validate_image_checks_images_in_memory():
         validate_image(sitk.Image(4, 4, 4, sitk.sitkFloat32), "from_slicer")
 
 
+@pytest.mark.parametrize("count, refused", [(2, True), (8, True), (9, False), (256, False)])
+def test_an_image_of_a_few_values_is_refused_as_a_mask_or_label_map(count, refused):
+    """Up to 8 distinct values is a mask or label map (an MRI has thousands); the values
+    sit in one slab each, far apart, so a strided sample misses most of them."""
+    array = np.zeros((40, 256, 256), np.int16)
+    for value in range(1, count):
+        array[value % 40, value % 256, (7 * value) % 256] = value * 10
+    image = sitk.GetImageFromArray(array)
+    if refused:
+        with pytest.raises(InputError, match=rf"^labels: holds only {count} distinct values \(0, 10[,)]"):
+            validate_image(image, "labels")
+    else:
+        validate_image(image, "labels")
+
+
 @pytest.mark.parametrize("shear_degrees, accepted", [(0.0, True), (0.01, True), (0.5, False), (8.5, False)])
 def test_sheared_grids_are_refused_and_round_off_is_not(shear_degrees, accepted):
     image = sitk.Cast(make_volume(direction=OBLIQUE), sitk.sitkFloat32)
