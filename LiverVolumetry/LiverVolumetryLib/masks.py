@@ -83,6 +83,9 @@ def _check_single_label(path: Path, array: np.ndarray, liver: np.ndarray) -> Non
     values = array[liver]
     if values.size == 0 or values.min() == values.max():
         return
+    if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+        raise InputError(path, f"holds non-whole values from {values.min():g} to {values.max():g}: a "
+                               "probability map, not a mask (threshold it first, e.g. at 0.5)")
     raise InputError(path, f"holds several labels ({_labels_text(values)}), so which voxels are liver is ambiguous; "
                            "give the liver's label value (measure --label, evaluate --prediction-label: N, "
                            "or N,M for liver plus lesions)")

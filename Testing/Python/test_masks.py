@@ -56,6 +56,11 @@ def test_a_labelmap_of_several_labels_without_a_label_value_is_refused(tmp_path)
     assert sitk.GetArrayFromImage(read_mask(path, label=6)).sum() == 2
     with pytest.raises(InputError, match=r"organs.nii.gz: has no voxel of label 1,9; it holds label\(s\) 5, 6$"):
         read_mask(path, label=(1, 9))
+    smooth = sitk.GetImageFromArray(np.where(array > 0, 0.9, 0.05).astype(np.float32))
+    probability = write_image(tmp_path, "probability.nii.gz", smooth)
+    with pytest.raises(InputError, match=r"probability.nii.gz: holds non-whole values from 0.05 to 0.9: a "
+                                         r"probability map, not a mask"):
+        read_mask(probability)
 
 
 def test_read_mask_takes_reference_geometry_within_round_off(tmp_path):
