@@ -72,7 +72,10 @@ def find_pairs(folder: str | Path, liver_label: int = 1, group: str = "") -> lis
                 entries.append(CaseEntry(case, path, files[f"{match[1]}{label_word}{match[2]}"], liver_label, group))
                 break
     if not entries:
-        raise InputError(folder, "no image/label pairs found (expected names like image_1.nii.gz + label_1.nii.gz)")
+        images = [files[stem].name for stem in files if re.fullmatch(r".*?(image|img).*", stem)]
+        unpaired = f"; {', '.join(images[:3])}{' ...' if len(images) > 3 else ''} without a label file" if images else ""
+        raise InputError(folder, "no image/label pairs found (expected names like image_1.nii.gz + label_1.nii.gz)"
+                                 + unpaired)
     return sorted(entries, key=lambda e: _natural_key(e.case))
 
 
@@ -198,7 +201,11 @@ def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:
         raise InputError(entry.label, f"case {entry.case}: label has {bad} voxel(s) with NaN or infinite values")
     liver = sitk.Cast(sitk.Equal(sitk.Cast(label, sitk.sitkInt32), entry.liver_label), sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(liver).any():
-        raise InputError(entry.label, f"case {entry.case}: no voxel has the liver label {entry.liver_label}")
+        present = np.unique(values[values != 0])
+        held = ("; the label is empty" if present.size == 0 else
+                f"; it holds label(s) {', '.join(f'{v:g}' for v in present[:8])}{' ...' if present.size > 8 else ''}"
+                " (give the liver's with --label-value, or the manifest's liver_label)")
+        raise InputError(entry.label, f"case {entry.case}: no voxel has the liver label {entry.liver_label}{held}")
     return liver
 
 

@@ -127,8 +127,9 @@ def test_a_recipe_value_of_the_wrong_kind_is_refused_naming_the_file_and_key(tmp
 
 
 @pytest.mark.parametrize("label_value, stored, says", [
-    (2, 1, "no voxel has the liver label 2"),  # wrong --label-value
-    (None, 0, "no voxel has the liver label 1"),  # a label without liver
+    (2, 1, "no voxel has the liver label 2; it holds label(s) 1 (give the liver's with --label-value, "
+           "or the manifest's liver_label)"),  # wrong --label-value
+    (None, 0, "no voxel has the liver label 1; the label is empty"),  # a label without liver
 ])
 def test_liverhccseg_refuses_a_label_without_the_liver_value(tmp_path, label_value, stored, says):
     patient = tmp_path / "src" / "HCC_001"

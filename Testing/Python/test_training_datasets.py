@@ -296,7 +296,7 @@ def test_check_entries_names_each_bad_entry(tmp_path):
         f"{good_image}: case good: duplicated case name (also used for {good_image})",
         f"{tmp_path / 'gone.nii.gz'}: case noimage: image file not found",
         f"{tmp_path / 'nolabel.nii.gz'}: case nolabel: label file not found",
-        f"{empty}: case empty: no voxel has the liver label 1",
+        f"{empty}: case empty: no voxel has the liver label 1; the label is empty",
         f"{tmp_path / 'moved.nii.gz'}: case moved: label grid does not match the image grid (image origin "
         f"-30x12x40, label origin 0x0x0)"]
     assert check_entries(entries, full=False) == problems
@@ -312,8 +312,18 @@ def test_cli_convert_and_check(tmp_path, capsys):
     assert main(["check", "--manifest", str(tmp_path / "m" / "manifest.csv")]) == 0
     assert main(["check", "--data", str(data)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[-2].endswith("case 2: no voxel has the liver label 1") and out[-1] == "checked 2 cases: 1 problem(s)"
+    assert out[-2].endswith("case 2: no voxel has the liver label 1; the label is empty") and out[-1] == "checked 2 cases: 1 problem(s)"
     assert main(["convert", "chaos", str(data), "-o", str(tmp_path / "c"), "--label-value", "3"]) == 1
     assert main(["convert", "chaos", str(data), "-o", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "holds no CHAOS MR patients" in err[1] and not (tmp_path / "c").exists()
+
+
+def test_a_folder_of_images_without_labels_names_them(tmp_path):
+    from LiverVolumetryTraining.dataset import find_pairs
+
+    write_pair(tmp_path, "image_1.nii.gz", "labels_1.nii.gz")  # a misnamed label
+    with pytest.raises(InputError) as error:
+        find_pairs(tmp_path)
+    assert str(error.value) == (f"{tmp_path}: no image/label pairs found (expected names like image_1.nii.gz + "
+                                "label_1.nii.gz); image_1.nii.gz without a label file")
