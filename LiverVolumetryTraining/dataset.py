@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from LiverVolumetryLib.atomic import atomic_path
 from LiverVolumetryLib.errors import InputError
+from LiverVolumetryLib.masks import labels_text
 from LiverVolumetryLib.preprocess import Preprocessing, label_to_network_grid, to_network_input
 
 _PAIR_PATTERNS = (("image", "label"), ("img", "seg"), ("image", "mask"))
@@ -201,10 +202,10 @@ def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:
         raise InputError(entry.label, f"case {entry.case}: label has {bad} voxel(s) with NaN or infinite values")
     liver = sitk.Cast(sitk.Equal(sitk.Cast(label, sitk.sitkInt32), entry.liver_label), sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(liver).any():
-        present = np.unique(values[values != 0])
+        present = values[values != 0]
         held = ("; the label is empty" if present.size == 0 else
-                f"; it holds label(s) {', '.join(f'{v:g}' for v in present[:8])}{' ...' if present.size > 8 else ''}"
-                " (give the liver's with --label-value, or the manifest's liver_label)")
+                f"; it holds label(s) {labels_text(present)} (give the liver's with --label-value, "
+                "or the manifest's liver_label)")
         raise InputError(entry.label, f"case {entry.case}: no voxel has the liver label {entry.liver_label}{held}")
     return liver
 

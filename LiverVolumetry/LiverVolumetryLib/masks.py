@@ -19,7 +19,7 @@ from .errors import InputError
 from .imageio import _check_direction, _check_layout, _check_spacing, _execute, _file_reader
 from .outputs import LIVER_SEGMENT_NAME
 
-__all__ = ["read_mask"]
+__all__ = ["labels_text", "read_mask"]
 
 
 def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
@@ -68,11 +68,11 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
         liver = np.isin(array, wanted)
         if not liver.any() and np.any(array):
             raise InputError(path, f"has no voxel of label {','.join(str(v) for v in wanted)}; "
-                                   f"it holds label(s) {_labels_text(array[array != 0])}")
+                                   f"it holds label(s) {labels_text(array[array != 0])}")
     return _paste_into_grid(path, liver, offset, image if reference is None else reference)
 
 
-def _labels_text(values: np.ndarray) -> str:
+def labels_text(values: np.ndarray) -> str:
     """The distinct ``values`` as "1, 2, 5" (the first 8, then how many in all)."""
     found = np.unique(values)
     return ", ".join(f"{v:g}" for v in found[:8]) + (f", ... ({found.size} in all)" if found.size > 8 else "")
@@ -86,7 +86,7 @@ def _check_single_label(path: Path, array: np.ndarray, liver: np.ndarray) -> Non
     if values.dtype.kind == "f" and not np.all(values == np.round(values)):
         raise InputError(path, f"holds non-whole values from {values.min():g} to {values.max():g}: a "
                                "probability map, not a mask (threshold it first, e.g. at 0.5)")
-    raise InputError(path, f"holds several labels ({_labels_text(values)}), so which voxels are liver is ambiguous; "
+    raise InputError(path, f"holds several labels ({labels_text(values)}), so which voxels are liver is ambiguous; "
                            "give the liver's label value (measure --label, evaluate --prediction-label: N, "
                            "or N,M for liver plus lesions)")
 
