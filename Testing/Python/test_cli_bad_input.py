@@ -101,6 +101,14 @@ def liver_mask_as_scan(tmp: Path) -> Path:
     return _write(mask, tmp / "case_liver.nii.gz")
 
 
+def label_map_as_scan(tmp: Path) -> Path:
+    """A TotalSegmentator-like label map: 12 organs, more labels than a mask has."""
+    labels = np.zeros((20, 64, 64), np.uint8)
+    for label in range(1, 13):
+        labels[2:18, 8 + 4 * label:12 + 4 * label, 8:56] = label
+    return _write(labels, tmp / "case_total.nii.gz")
+
+
 def tiny_spacing(tmp: Path) -> Path:
     return _write(_volume(), tmp / "tiny_spacing.nrrd", spacing=(0.001, 0.001, 0.001))
 
@@ -136,6 +144,7 @@ BAD_INPUTS = {
     "sheared voxel grid": (sheared_grid, "sheared"),
     "constant image": (constant, "constant"),
     "a mask given as the scan": (liver_mask_as_scan, "holds only 2 distinct values (0, 1): a mask or label map"),
+    "a label map given as the scan": (label_map_as_scan, "is a label map, not a scan: 13 or more distinct"),
     "absurd small spacing": (tiny_spacing, "spacing"),
     "absurd large spacing": (huge_spacing, "spacing"),
     "empty DICOM folder": (empty_dicom_folder, "DICOM"),

@@ -237,6 +237,46 @@ def test_an_image_of_a_few_values_is_refused_as_a_mask_or_label_map(count, refus
         validate_image(image, "labels")
 
 
+def _many_label_map(labels: int) -> np.ndarray:
+    """A label map of ``labels`` non-zero labels: 10-voxel blocks in a 12 x 12 grid."""
+    array = np.zeros((30, 140, 140), np.uint16)
+    for label in range(1, labels + 1):
+        row, column = 10 + 10 * ((label - 1) // 12), 10 + 10 * ((label - 1) % 12)
+        array[4:26, row:row + 10, column:column + 10] = label
+    return array
+
+
+@pytest.mark.parametrize("labels", [9, 40, 118])
+def test_a_label_map_with_many_labels_is_refused(labels):
+    """More labels than the few-values check takes (TotalSegmentator maps hold up to 118)."""
+    with pytest.raises(InputError, match=rf"^totalseg: is a label map, not a scan: {labels + 1} or more distinct"):
+        validate_image(sitk.GetImageFromArray(_many_label_map(labels)), "totalseg")
+
+
+def test_a_label_map_stored_as_float_is_refused_too():
+    with pytest.raises(InputError, match=r"^labels\.nii: is a label map, not a scan"):
+        validate_image(sitk.GetImageFromArray(_many_label_map(20).astype(np.float32)), "labels.nii")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_noisy_scans_of_few_grey_levels_are_not_label_maps(dtype):
+    """An 8-bit scan or a noisy phantom of piecewise constant tissues is still a scan: noise
+    makes neighbours differ. Rounded to whole numbers, the float phantom is examined too."""
+    rng = np.random.default_rng(3)
+    tissues = _many_label_map(20).astype(np.float32) * 10 + 20
+    scan = np.clip(np.round(tissues + rng.normal(0, 4, tissues.shape)), 0, 255).astype(dtype)
+    validate_image(sitk.GetImageFromArray(scan), "scan")
+
+
+def test_a_label_map_check_ignores_a_constant_padding_value():
+    """The most common value is taken as background, so a scan padded with a constant
+    non-zero value outside the body is judged on the body alone."""
+    rng = np.random.default_rng(4)
+    scan = np.full((40, 96, 96), 7, np.int16)
+    scan[10:30, 30:60, 30:60] = np.round(rng.normal(100, 3, (20, 30, 30)))
+    validate_image(sitk.GetImageFromArray(scan), "padded")
+
+
 @pytest.mark.parametrize("shear_degrees, accepted", [(0.0, True), (0.01, True), (0.5, False), (8.5, False)])
 def test_sheared_grids_are_refused_and_round_off_is_not(shear_degrees, accepted):
     image = sitk.Cast(make_volume(direction=OBLIQUE), sitk.sitkFloat32)
