@@ -63,7 +63,7 @@ def fill_table(table_node, columns: dict[str, Any]) -> None:
             unit, description = column_metadata(name, describe)
             table_node.SetColumnUnitLabel(name, unit)
             table_node.SetColumnDescription(name, description)
-            table_node.SetColumnLongName(name, long_name(name))
+            table_node.SetColumnTitle(name, long_name(name))
     finally:
         table_node.EndModify(was_modifying)
 

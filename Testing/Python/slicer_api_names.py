@@ -128,7 +128,7 @@ MRML_METHODS = {
     "SetAttribute": SCRIPTED_MODULE,
     "SetColor": SEGMENT_H,
     "SetColumnDescription": TABLE_NODE_H,
-    "SetColumnLongName": TABLE_NODE_H,
+    "SetColumnTitle": TABLE_NODE_H + " (SetColumnLongName is deprecated: a VTK warning per call)",
     "SetColumnUnitLabel": TABLE_NODE_H,
     "SetItemParent": SUBJECT_HIERARCHY_H,
     "SetName": SEGMENT_H + "; " + UTIL + " (vtkAbstractArray.SetName)",
