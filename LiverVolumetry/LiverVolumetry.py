@@ -116,8 +116,10 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def onNodeAdded(self, caller, event, node) -> None:
-        """Select the volume loaded last as input (labelmaps and our own nodes excepted)."""
-        if self._parameterNode is None or self.logic.busy or not segmentation_io.is_image_volume(node):
+        """Select the volume loaded last as input (labelmaps, our own nodes and the nodes of a
+        scene being loaded excepted: the loaded scene's parameter node has its own input)."""
+        if (self._parameterNode is None or self.logic.busy or slicer.mrmlScene.IsImporting()
+                or not segmentation_io.is_image_volume(node)):
             return
         self._parameterNode.inputVolume = node
 
@@ -175,7 +177,7 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _selectedInputs(self):
         node = self._parameterNode
-        if not node.inputVolume:
+        if node is None or not node.inputVolume:
             raise RuntimeError("Select the MRI volume to segment first.")
         modelDir = self._modelDir()
         if modelDir == "":
@@ -209,10 +211,12 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runSafely("Liver segmentation", self._startSegmentation)
 
     def _startSegmentation(self) -> None:
+        self._selectedInputs()  # a missing selection is told before anything is installed
+        if not dependencies.ensure(self._parameterNode.computeRadiomics):
+            return
+        # Read again: an install processes events, so the scene or the selection may have changed.
         volume, modelDir = self._selectedInputs()
         node = self._parameterNode
-        if not dependencies.ensure(node.computeRadiomics):
-            return
         segmentation = node.outputSegmentation
         if segmentation is not None and not segmentation_io.may_replace_liver(segmentation, volume):
             segmentation = None  # a new one, made when the results arrive
@@ -227,9 +231,11 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUpdateMeasurementsButton(self) -> None:
         def start():
-            node = self._parameterNode
-            if not dependencies.ensure(node.computeRadiomics, torch=False):  # no network: no PyTorch
+            if not dependencies.ensure(self._parameterNode.computeRadiomics, torch=False):  # no network: no PyTorch
                 return
+            node = self._parameterNode  # read after the install, which processes events
+            if node is None or not (node.inputVolume and node.outputSegmentation):
+                raise RuntimeError("The volume or its segmentation is no longer selected.")
             self._started("Measuring the current liver segment...")
             self.logic.startMeasurement(node.inputVolume, node.outputSegmentation, node.computeRadiomics,
                                         onProgress=self._onProgress, onLog=self._log, onDone=self._onDone)

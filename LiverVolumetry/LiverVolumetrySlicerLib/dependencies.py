@@ -50,7 +50,8 @@ def torch_missing() -> bool:
     return importlib.util.find_spec("torch") is None
 
 
-def _install_torch() -> None:
+def _install_torch() -> bool:
+    """Install PyTorch through the PyTorch extension (which asks first); False if the user declined."""
     try:
         import PyTorchUtils
     except ImportError:
@@ -59,12 +60,9 @@ def _install_torch() -> None:
             "(View > Extensions Manager, search 'PyTorch'), restart Slicer and try again.") from None
     torch_logic = PyTorchUtils.PyTorchUtilsLogic()
     if torch_logic.torchInstalled():
-        return
-    torch = torch_logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
-    if torch is None:
-        raise DependencyError(
-            "PyTorch was not installed, so the liver cannot be segmented. Install it from the "
-            "'PyTorch Utils' module or click 'Segment liver' again to retry.")
+        return True
+    # installTorch returns None only when the user cancels its confirmation; failures raise.
+    return torch_logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT) is not None
 
 
 def _pip(arguments: str, what: str, fix: str) -> None:
@@ -100,13 +98,14 @@ def ensure(radiomics: bool = True, torch: bool = True) -> bool:
     """
     import slicer
 
-    if torch and torch_missing():
-        _install_torch()
+    if torch and torch_missing() and not _install_torch():
+        return False
     needed = missing(radiomics, torch)
     if not needed:
         return True
     names = ", ".join(requirement for _, requirement in needed)
-    if not slicer.util.confirmOkCancelDisplay(
+    # As PyTorchUtils does, a test run installs without asking: a modal dialog would hang it.
+    if not slicer.app.commandOptions().testingEnabled and not slicer.util.confirmOkCancelDisplay(
             "Liver Volumetry needs these Python packages, which are not installed yet:\n\n"
             f"{names}\n\nInstall them now? This downloads them from the internet once and may take "
             "a few minutes; Slicer is busy meanwhile.",

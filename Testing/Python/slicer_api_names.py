@@ -64,6 +64,7 @@ SLICER_IMPORTS = {
 # slicer.app.<name>
 SLICER_APP = {
     "applicationLogic": SEGMENT_STATISTICS + " (showTable)",
+    "commandOptions": "fepegar/SlicerPyTorch: PyTorchUtils/PyTorchUtils.py (commandOptions().testingEnabled)",
     "connect": TEMPLATE + " (startupCompleted() signal)",
     "layoutManager": UTIL,
     "processEvents": UTIL,
@@ -115,6 +116,7 @@ MRML_METHODS = {
     "GetTransformNodeID": TRANSFORMABLE_NODE_H,
     "GetTerminologyEntryTagName": SEGMENT_H,
     "GetValue": UTIL + " (dataframeFromTable, vtkAbstractArray)",
+    "IsImporting": "Libs/MRML/Core/vtkMRMLScene.h (true while a scene is being loaded)",
     "IsNodePresent": "Libs/MRML/Core/vtkMRMLScene.h",
     "ImportLabelmapToSegmentationNode": SEGMENTATIONS_LOGIC_H + " (labelmap, segmentation, vtkStringArray)",
     "InsertNextValue": UTIL + " (vtkStringArray of segment IDs)",

@@ -157,6 +157,43 @@ def test_other_buttons_are_ignored_while_a_start_is_under_way(module, monkeypatc
     assert phantoms == [] and len(widget.logic.started) == 1
 
 
+def test_the_inputs_are_read_after_the_install_which_processes_events(module, monkeypatch):
+    """The user picked another volume while the packages installed: that one is segmented."""
+    widget = _widget(module)
+    other = FakeVolume()
+    monkeypatch.setattr(module.dependencies, "ensure",
+                        lambda *args, **kwargs: setattr(widget._parameterNode, "inputVolume", other) or True)
+    widget.onSegmentButton()
+    assert [volume for volume, _ in widget.logic.started] == [other]
+
+
+@pytest.mark.parametrize("button", ["onSegmentButton", "onUpdateMeasurementsButton"])
+def test_a_scene_closed_during_the_install_starts_nothing(module, monkeypatch, button):
+    widget = _widget(module)
+    widget._parameterNode.outputSegmentation = object()
+    widget.updateButtons = lambda *args: None  # the real one reads segmentation nodes
+    monkeypatch.setattr(module.dependencies, "ensure",
+                        lambda *args, **kwargs: setattr(widget, "_parameterNode", None) or True)
+    getattr(widget, button)()
+    assert widget.logic.started == [] and len(module.slicer_stand_in.errors) == 1
+    assert "no longer selected" in module.slicer_stand_in.errors[0] or "Select the MRI" in module.slicer_stand_in.errors[0]
+
+
+class LoadedVolume(FakeVolume):
+    def IsA(self, class_name):
+        return class_name == "vtkMRMLScalarVolumeNode"
+
+
+@pytest.mark.parametrize("importing", [False, True])
+def test_a_volume_loaded_becomes_the_input_unless_a_scene_is_being_loaded(module, importing):
+    """A loaded scene brings its own parameter node and input; its volumes do not override it."""
+    widget = _widget(module)
+    before, loaded = widget._parameterNode.inputVolume, LoadedVolume()
+    module.slicer_stand_in.mrmlScene = types.SimpleNamespace(IsImporting=lambda: importing)
+    widget.onNodeAdded(None, None, loaded)
+    assert widget._parameterNode.inputVolume is (before if importing else loaded)
+
+
 # --------------------------------------------------------------------------- closing Slicer during a run
 
 

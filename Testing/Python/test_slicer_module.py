@@ -318,6 +318,54 @@ def test_without_torch_nothing_that_needs_torch_is_installed(monkeypatch):
     assert [name for name, _ in dependencies.missing(radiomics=False)] == ["monai", "surely_not_xyz"]
 
 
+def _stand_in_install(monkeypatch, testing: bool, torch_installed: bool, user_agrees: bool) -> list:
+    """slicer and PyTorchUtils stand-ins for ensure(); returns the log of dialogs and installs."""
+    import types
+
+    calls: list = []
+    slicer = types.ModuleType("slicer")
+    slicer.app = types.SimpleNamespace(commandOptions=lambda: types.SimpleNamespace(testingEnabled=testing))
+    slicer.util = types.SimpleNamespace(
+        confirmOkCancelDisplay=lambda *args, **kwargs: calls.append("asked") or user_agrees,
+        WaitCursor=lambda: __import__("contextlib").nullcontext())
+
+    class Logic:
+        def torchInstalled(self):
+            return torch_installed
+
+        def installTorch(self, askConfirmation, torchVersionRequirement):  # None: the user cancelled
+            calls.append("torch asked")
+            return "torch" if user_agrees else None
+
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=Logic))
+    monkeypatch.setattr(dependencies, "REQUIREMENTS", (("surely_not_xyz", "xyz>=1"),))
+    monkeypatch.setattr(dependencies, "torch_missing", lambda: not torch_installed)
+    monkeypatch.setattr(dependencies, "_install_packages", lambda needed: calls.append(f"installed {needed}"))
+    return calls
+
+
+def test_declining_the_pytorch_install_is_a_no_not_an_error(monkeypatch):
+    calls = _stand_in_install(monkeypatch, testing=False, torch_installed=False, user_agrees=False)
+    assert dependencies.ensure(radiomics=False) is False
+    assert calls == ["torch asked"]  # nothing else is asked or installed
+
+
+def test_declining_the_package_install_installs_nothing(monkeypatch):
+    calls = _stand_in_install(monkeypatch, testing=False, torch_installed=True, user_agrees=False)
+    assert dependencies.ensure(radiomics=False) is False
+    assert calls == ["asked"]
+
+
+def test_a_test_run_installs_without_a_dialog_that_would_hang_it(monkeypatch):
+    """Missing packages are still missing afterwards here (nothing really installs): that is
+    the error, but no modal dialog was opened on the way."""
+    calls = _stand_in_install(monkeypatch, testing=True, torch_installed=True, user_agrees=False)
+    with pytest.raises(dependencies.DependencyError, match="still missing after installation: xyz>=1"):
+        dependencies.ensure(radiomics=False)
+    assert calls == ["installed [('surely_not_xyz', 'xyz>=1')]"]
+
+
 # --------------------------------------------------------------------------- job folders
 
 
