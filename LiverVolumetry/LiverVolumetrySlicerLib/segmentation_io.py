@@ -165,7 +165,7 @@ def export_liver_mask(segmentation_node, reference_volume, path: str | Path) -> 
         logic = slicer.modules.segmentations.logic()
         if not logic.ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, labelmap, reference_volume):
             raise RuntimeError("Slicer could not export the liver segment to a labelmap.")
-        if not slicer.util.saveNode(labelmap, str(path), {}):
+        if not slicer.util.saveNode(labelmap, str(path), {"useCompression": 0}):  # read once, then deleted
             raise RuntimeError(f"Slicer could not write the liver mask to {path}.")
     finally:
         display = labelmap.GetDisplayNode()
@@ -175,16 +175,10 @@ def export_liver_mask(segmentation_node, reference_volume, path: str | Path) -> 
 
 
 def save_volume(volume_node, path: str | Path) -> None:
-    """Write the volume to a file for the engine without touching the node's storage.
-
-    ``slicer.util.exportNode`` (newer Slicer) leaves the node's storage node alone;
-    older versions fall back to ``saveNode``.
-    """
-    if hasattr(slicer.util, "exportNode"):
-        success = slicer.util.exportNode(volume_node, str(path), {})
-    else:
-        success = slicer.util.saveNode(volume_node, str(path), {})
-    if not success:
+    """Write the volume to a file for the engine without touching the node's storage
+    (``exportNode``, unlike ``saveNode``, leaves the node's storage node alone). The file is
+    read once and deleted, so it is not compressed: that would only keep the GUI waiting."""
+    if not slicer.util.exportNode(volume_node, str(path), {"useCompression": 0}):
         raise RuntimeError(f"Slicer could not write the volume '{volume_node.GetName()}' to {path}.")
 
 
@@ -205,10 +199,7 @@ def open_in_segment_editor(segmentation_node, volume_node) -> None:
     slicer.util.selectModule("SegmentEditor")
     editor = slicer.util.getModuleWidget("SegmentEditor").editor
     editor.setSegmentationNode(segmentation_node)
-    if hasattr(editor, "setSourceVolumeNode"):
-        editor.setSourceVolumeNode(volume_node)
-    else:  # Slicer < 5.2
-        editor.setMasterVolumeNode(volume_node)
+    editor.setSourceVolumeNode(volume_node)
     segment_id = liver_segment_id(segmentation_node)
     if segment_id:
         editor.setCurrentSegmentID(segment_id)

@@ -30,7 +30,7 @@ SLICER_UTIL = {
     "confirmOkCancelDisplay": UTIL,
     "confirmYesNoDisplay": UTIL,
     "errorDisplay": UTIL,
-    "exportNode": UTIL + " (newer Slicer; feature-detected, saveNode otherwise)",
+    "exportNode": UTIL + " (node, filename, properties={}, world=False); useCompression: Base/QTCore/qSlicerNodeWriter.cxx",
     "getModuleWidget": UTIL,
     "getNodesByClass": UTIL,
     "launchConsoleProcess": UTIL + " (args, useStartupEnvironment=True, ..., cwd=None) -> subprocess.Popen",
@@ -144,7 +144,6 @@ MRML_METHODS = {
 SLICER_OBJECT_METHODS = {
     "editor": {  # qMRMLSegmentEditorWidget of the Segment Editor module
         "setCurrentSegmentID": SEGMENT_EDITOR_WIDGET_H,
-        "setMasterVolumeNode": SEGMENT_EDITOR_WIDGET_H + " (deprecated alias, Slicer < 5.2 fallback)",
         "setSegmentationNode": SEGMENT_EDITOR_WIDGET_H,
         "setSourceVolumeNode": SEGMENT_EDITOR_WIDGET_H,
     },
