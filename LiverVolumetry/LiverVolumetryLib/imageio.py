@@ -7,9 +7,10 @@ is a one-line :class:`InputError` naming the file and the cause; SimpleITK's mul
 exceptions never reach the user.
 
 Geometry (origin, spacing, direction) of what is read is never changed. DICOM series
-folders are read by :mod:`.dicom`; ``DicomSeries`` and ``list_dicom_series`` are
-re-exported here. Masks are read by :mod:`.masks`; ``read_mask`` is re-exported here
-(imported lazily, as :mod:`.masks` builds on this module).
+folders are read by :mod:`.dicom` (``DicomSeries`` and ``list_dicom_series`` are
+re-exported here), voxel values are checked by :mod:`.pixel_checks`. Masks are read by
+:mod:`.masks`; ``read_mask`` is re-exported here (imported lazily, as :mod:`.masks`
+builds on this module).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,10 +28,11 @@ from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_err
                     read_series_header)
 from .dicom import sitk_reason as _sitk_reason
 from .errors import InputError
-
-SERIES_UID_TAG = "0020|000e"  # SeriesInstanceUID
 from .metafile import check_metaimage_complete
 from .niftifile import check_nifti_complete, check_nifti_finite, check_nifti_pixdim, check_nifti_sform
+from .pixel_checks import Where, check_pixels
+
+SERIES_UID_TAG = "0020|000e"  # SeriesInstanceUID
 
 __all__ = [
     "IMAGE_SUFFIXES", "DicomSeries", "available_memory_bytes", "case_id", "estimate_memory_bytes",
@@ -51,9 +52,6 @@ FIXED_OVERHEAD_BYTES = 512 * 1024**2
 
 #: Largest |cosine| between two image axes accepted as orthogonal (about 0.06 degrees).
 MAX_AXIS_COSINE = 1e-3
-
-#: What an InputError names: a file, a folder, or a label for an in-memory image.
-Where = Optional[Union[str, os.PathLike]]  # typing form: evaluated at import on Python 3.9
 
 _COMPLEX_PIXEL_IDS = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 
@@ -174,85 +172,6 @@ def _check_memory(path: Where, size: Sequence[int]) -> None:
                                f"{_gb(needed)} of memory to process, {_gb(available)} available")
 
 
-#: Most distinct voxel values of an image refused as a mask or label map rather than a scan.
-MAX_LABEL_VALUES = 8
-
-
-def _check_pixels(path: Where, image: sitk.Image) -> None:
-    """Refuse NaN/inf voxels, constant images and masks or label maps (a few distinct
-    values) given as the scan; reads the pixels slab by slab."""
-    array = sitk.GetArrayViewFromImage(image)
-    n_bad, low, high = 0, math.inf, -math.inf
-    for start in range(0, array.shape[0], 16):
-        slab = array[start:start + 16]
-        finite = np.isfinite(slab)
-        n_bad += slab.size - int(np.count_nonzero(finite))
-        if n_bad == 0 and slab.size:
-            low, high = min(low, float(slab.min())), max(high, float(slab.max()))
-    if n_bad:
-        raise InputError(path, f"has {n_bad} voxel(s) with NaN or infinite values")
-    if low == high:
-        raise InputError(path, f"is a constant image (every voxel is {low:g}); it holds no image")
-    values = _few_values(array)
-    if values is not None:
-        shown = ", ".join(f"{v:g}" for v in values)
-        raise InputError(path, f"holds only {len(values)} distinct values ({shown}): a mask or label map, "
-                               "not a scan (pass the MRI it belongs to)")
-    labels = _label_map_values(array)
-    if labels is not None:
-        raise InputError(path, f"is a label map, not a scan: {labels} or more distinct whole-number values in "
-                               "regions of one value each (pass the MRI it belongs to)")
-
-
-def _few_values(array: np.ndarray) -> list[float] | None:
-    """The distinct values of ``array`` when it has at most MAX_LABEL_VALUES of them (a
-    mask or label map: an MRI has thousands), else None. A strided sample of about 2e5
-    voxels settles nearly every scan at once; only a sample of few values is checked in full."""
-    flat = array.reshape(-1)
-    if np.unique(flat[::max(1, flat.size // 200_000)]).size > MAX_LABEL_VALUES:
-        return None
-    found: set[float] = set()
-    for start in range(0, array.shape[0], 16):
-        found.update(np.unique(array[start:start + 16]).tolist())
-        if len(found) > MAX_LABEL_VALUES:
-            return None
-    return sorted(found)
-
-
-#: A label map with more labels than MAX_LABEL_VALUES (TotalSegmentator's have up to 118)
-#: holds at most this many distinct whole-number values ...
-MAX_LABEL_MAP_VALUES = 256
-#: ... and is piecewise constant: at least this share of neighbouring voxels outside the
-#: background hold the same value (structures 5 voxels wide give 0.8). In an MRI noise
-#: makes them differ: 6-14 % in the shared CHAOS scans, 14-28 % quantised to 8 bits.
-MIN_LABEL_MAP_SAME_NEIGHBOURS = 0.8
-#: Fewest neighbour pairs outside the background on which that share is judged.
-MIN_LABEL_MAP_PAIRS = 1000
-
-
-def _label_map_values(array: np.ndarray) -> int | None:
-    """The number of distinct values (of a strided sample) when ``array`` is a label map with
-    many labels, else None. Only an image whose sample holds at most MAX_LABEL_MAP_VALUES
-    whole numbers is examined further, on up to 32 evenly spaced slices."""
-    flat = array.reshape(-1)
-    sample = flat[::max(1, flat.size // 200_000)]
-    if sample.dtype.kind == "f" and not np.array_equal(sample, np.round(sample)):
-        return None
-    values, counts = np.unique(sample, return_counts=True)
-    if values.size > MAX_LABEL_MAP_VALUES:
-        return None
-    background = values[counts.argmax()]
-    same = pairs = 0
-    for z in np.unique(np.linspace(0, array.shape[0] - 1, num=min(32, array.shape[0])).astype(int)):
-        right, left = array[z][:, 1:], array[z][:, :-1]
-        inside = (right != background) & (left != background)
-        pairs += int(np.count_nonzero(inside))
-        same += int(np.count_nonzero(right[inside] == left[inside]))
-    if pairs < MIN_LABEL_MAP_PAIRS or same < MIN_LABEL_MAP_SAME_NEIGHBOURS * pairs:
-        return None
-    return int(values.size)
-
-
 def validate_image(image: sitk.Image, path: Where) -> None:
     """Check an image already in memory (e.g. from Slicer): 3D, scalar, plausible spacing,
     usable direction, and pixel data that is finite and not constant. Raises InputError."""
@@ -260,7 +179,7 @@ def validate_image(image: sitk.Image, path: Where) -> None:
     _check_layout(path, image.GetDimension(), size, image.GetNumberOfComponentsPerPixel())
     _check_spacing(path, image.GetSpacing())
     _check_direction(path, image.GetDirection())
-    _check_pixels(path, image)
+    check_pixels(path, image)
 
 
 # (suffix, header key, separator) of the line naming a detached header's voxel data file.
