@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic phantoms added to training (contrasts: the recipe's phantom_contrasts)")
     t.add_argument("--validate-every", type=at_least_one, default=250)
     t.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=zero_or_more, default=0)
     t.add_argument("--init-from", metavar="BUNDLE", help="start from this model bundle's weights (fine-tuning); "
                                                          "its network must be the recipe's")
     t.set_defaults(func=cmd_train)
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--phantoms", type=zero_or_more, help="synthetic phantoms added to each fold's training")
     x.add_argument("--validate-every", type=at_least_one, default=500)
     x.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
-    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--seed", type=zero_or_more, default=0)
     x.add_argument("--no-train", action="store_true", help="only segment and evaluate with existing fold runs")
     x.add_argument("--fold", type=int, help="train only this fold (0-based) and stop, e.g. to train folds side by "
                                             "side in separate processes")

@@ -33,6 +33,11 @@ _SAMPLER_KEYS = {"random-patches": ("batch_size", "positive_fraction", "patch_si
                  "posneg-epochs": ("volumes_per_batch", "samples_per_volume", "pos_neg", "patch_size")}
 
 
+#: Training grid spacings (mm) that fit in memory and still show a liver: a 0.5 mm grid
+#: of a 40 cm abdomen is already 8e8 voxels; above 16 mm the liver is a few voxels wide.
+_SPACING_RANGE_MM = (0.5, 16.0)
+
+
 def _known_keys() -> set[str]:
     from .recipes import RECIPES
 
@@ -125,6 +130,29 @@ def _contrast_problem(recipe: dict) -> str | None:
     return None
 
 
+def _channels_problem(recipe: dict) -> str | None:
+    """The engine feeds one 3D image and reads background and liver (with ``organ_targets``,
+    one more class per labelled organ, set from the data) from the network's outputs."""
+    import inspect
+
+    import monai.networks.nets as nets
+
+    args = recipe["network"].get("args", {})
+    if not isinstance(args, dict):
+        return f"'network.args' must be an object, not {args!r}"
+    parameters = inspect.signature(getattr(nets, recipe["network"]["class"])).parameters
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    args = {**defaults, **args}
+    if args.get("spatial_dims", 3) != 3:
+        return f"'network.args.spatial_dims' must be 3 (the network segments volumes), not {args['spatial_dims']!r}"
+    if args.get("in_channels") != 1:
+        return f"'network.args.in_channels' must be 1 (one image per case), not {args.get('in_channels')!r}"
+    if not recipe.get("organ_targets") and args.get("out_channels") != 2:
+        return ("'network.args.out_channels' must be 2 (background and liver; more only with organ_targets), "
+                f"not {args.get('out_channels')!r}")
+    return None
+
+
 def _grid_problem(recipe: dict) -> str | None:
     """Problems of the network, patch, preprocessing and inference settings."""
     from LiverVolumetryLib.bundle import ALLOWED_NETWORKS, InferenceSettings
@@ -136,6 +164,8 @@ def _grid_problem(recipe: dict) -> str | None:
     network = recipe.get("network", {})
     if network.get("class") not in ALLOWED_NETWORKS:
         return f"'network.class' must be one of {', '.join(ALLOWED_NETWORKS)}, not {network.get('class')!r}"
+    if problem := _channels_problem(recipe):
+        return problem
     try:
         build_network(recipe)
         multiple = stride_product(network)
@@ -155,8 +185,9 @@ def _grid_problem(recipe: dict) -> str | None:
             and scaling.b_min < scaling.b_max):
         return ("'preprocessing.intensity' needs percentiles 0 <= lower < upper <= 100 and b_min < b_max, not "
                 f"{scaling.to_dict()}")
-    if len(prep.spacing) != 3 or not all(_number(s, 0.0, math.inf, low_open=True) for s in prep.spacing):
-        return f"'preprocessing.spacing_mm' must be 3 numbers above 0, not {list(prep.spacing)!r}"
+    if len(prep.spacing) != 3 or not all(_number(s, *_SPACING_RANGE_MM) for s in prep.spacing):
+        return (f"'preprocessing.spacing_mm' must be 3 numbers from {_SPACING_RANGE_MM[0]:g} to "
+                f"{_SPACING_RANGE_MM[1]:g} mm, not {list(prep.spacing)!r}")
     if len(settings.roi_size) != 3 or min(settings.roi_size) < 1:
         return f"'inference.roi_size' must be 3 whole numbers of at least 1, not {list(settings.roi_size)!r}"
     for key, ok, wanted in (("threshold", _number(settings.threshold, 0.0, 1.0, True, True), "lie between 0 and 1"),

@@ -39,6 +39,13 @@ def _one_line_error(capsys, *words: str) -> str:
     (TINY_VOLUMETRY_NET, {"sampler": "random"}, "'sampler' must be one of"),
     (TINY_VOLUMETRY_NET, {"network": {"class": "ResNet"}}, "'network.class' must be one of UNet"),
     (TINY_VOLUMETRY_NET, {"network": {"args": {"chanels": [4, 8]}}}, "'network' cannot be built"),
+    (TINY_VOLUMETRY_NET, {"network": {"args": {"in_channels": 2}}}, "'network.args.in_channels' must be 1"),
+    (TINY_VOLUMETRY_NET, {"network": {"args": {"spatial_dims": 2}}}, "'network.args.spatial_dims' must be 3"),
+    (TINY_VOLUMETRY_NET, {"network": {"args": {"out_channels": 1}}}, "'network.args.out_channels' must be 2"),
+    (TINY_VOLUMETRY_NET, {"network": {"class": "SegResNet", "args": {"in_channels": 3}}},
+     "'network.args.in_channels' must be 1"),
+    (TINY_VOLUMETRY_NET, {"preprocessing": {"spacing_mm": [0.01, 2, 2]}}, "'preprocessing.spacing_mm' must be"),
+    (TINY_VOLUMETRY_NET, {"preprocessing": {"spacing_mm": [2, 2, 40]}}, "from 0.5 to 16 mm"),
     (TINY_LIVER_MRI, {"augmentation": "medium"}, "'augmentation' must be none"),
     (TINY_LIVER_MRI, {"augmentation": {"gamma": 5}}, "'augmentation.gamma' is a probability"),
     (TINY_LIVER_MRI, {"augmentation": {"gama": 0.5}}, "unknown augmentation(s) gama"),
@@ -81,6 +88,15 @@ def test_train_with_a_misspelt_recipe_key_stops_before_any_work(tiny_cases, tmp_
                      "--iterations", "1", "--phantoms", "0", "--val-count", "1", "--no-progress"])
     assert code == 1 and not run.exists()
     _one_line_error(capsys, "typo.json", "'augmentation'")
+
+
+@pytest.mark.parametrize("command", ["train", "crossval"])
+def test_a_negative_seed_is_a_usage_error(tiny_cases, tmp_path, capsys, command):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, "--data", str(tiny_cases), "--run", str(run), "--seed", "-1"])
+    assert stopped.value.code == 2 and not run.exists()
+    assert "argument --seed: must be a whole number of at least 0" in capsys.readouterr().err
 
 
 def test_crossval_thresholds_that_are_not_numbers_are_a_one_line_error(tiny_cases, tmp_path, capsys):
