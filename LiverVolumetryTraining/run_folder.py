@@ -143,6 +143,37 @@ def check_resume(run_dir: Path, recipe: dict, train_entries: Sequence[CaseEntry]
     return old
 
 
+def check_length(run_dir: Path, iterations: int) -> None:
+    """Refuse to resume a run whose ``last.pt`` has trained more than ``iterations``: its
+    record would name fewer iterations than made its weights."""
+    last = Path(run_dir) / "last.pt"
+    done = int(load_checkpoint(last)["iteration"]) if last.is_file() else 0
+    if done > iterations:
+        raise InputError(run_dir, f"has trained {done} iterations, more than the {iterations} asked for now "
+                                  f"(--iterations, --epochs or the recipe's length): give at least {done}, or use a "
+                                  "new --run folder")
+
+
+def check_stage_lengths(run_dir: Path, counts: Sequence[int]) -> None:
+    """Refuse new stage lengths (``counts``) that a staged run cannot take: a stage the next
+    one has started from keeps its length, and no stage may have trained beyond its new one."""
+    started = []  # (trained, planned) of each stage with a checkpoint, in order
+    for k in range(len(counts)):
+        last = Path(run_dir) / f"stage{k}" / "last.pt"
+        if not last.is_file():
+            break
+        planned = read_config(last.parent).get("iterations")
+        started.append((int(load_checkpoint(last)["iteration"]), planned))
+    advice = "resume with the --iterations the run was started with, or use a new --run folder"
+    for k, (done, planned) in enumerate(started):
+        if done > counts[k]:
+            raise InputError(run_dir, f"stage {k + 1} has trained {done} iterations, more than the {counts[k]} "
+                                      f"these settings give it: {advice}")
+        if k + 1 < len(started) and planned != counts[k]:
+            raise InputError(run_dir, f"stage {k + 1} was planned as {planned} iterations and stage {k + 2} has "
+                                      f"begun from its weights; these settings would make it {counts[k]}: {advice}")
+
+
 def remove_unstarted_run(run_dir: Path, created: bool) -> None:
     """After a failure: empty a run folder that was new (``created``, or empty before), and
     remove it if ``created``, unless a checkpoint was written into it (a started run is

@@ -30,7 +30,8 @@ from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
 from .distributed import DistContext, distributed_session, is_main_process, unwrap, wrap_model
 from .precision import autocast_dtype, guard_bf16_convolutions, precision_name
 from .recipes import expand_stages
-from .run_folder import check_resume, check_train_arguments, entry_dicts, load_checkpoint, remove_unstarted_run
+from .run_folder import (check_length, check_resume, check_stage_lengths, check_train_arguments, entry_dicts,
+                         load_checkpoint, remove_unstarted_run)
 from .run_log import RunLog
 from .sampling import build_sampler, iterations_per_epoch, total_iterations
 
@@ -225,6 +226,7 @@ def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[di
     check_resume(run_dir, whole, train_entries, val_entries, phantom_count[-1], seed)
     for k, stage in enumerate(stages):  # a finished stage is not trained again: check them all first
         check_resume(run_dir / f"stage{k}", stage, train_entries, val_entries, phantom_count[k], seed + 10 * k)
+    check_stage_lengths(run_dir, counts)
     previous = None
     for k, (stage, count) in enumerate(zip(stages, counts)):
         stage_dir = run_dir / f"stage{k}"
@@ -278,6 +280,7 @@ def _train(ctx: DistContext, run_dir: Path, recipe: dict, train_entries: list[Ca
     start_bundle = load_bundle(init_from) if init_from is not None else None  # checks its SHA-256 early
     phantoms = recipe.get("phantom_count", 40) if phantoms is None else phantoms
     recorded = check_resume(run_dir, recipe, train_entries, val_entries, phantoms, seed, start_bundle)  # first
+    check_length(run_dir, iterations)
     amp = autocast_dtype(recipe.get("precision"), ctx.device)
     if recipe.get("precision", "fp32") != precision_name(amp):
         say(f"no fast bfloat16 on {ctx.device}: training in float32")

@@ -109,3 +109,36 @@ def test_staged_run_chains_weights_resumes_and_exports_as_one_run(entries, tmp_p
     assert meta["training"]["iterations"] == 5 and len(meta["training"]["recipe"]["stages"]) == 2
     card = (Path(bundle.path) / "MODEL.md").read_text(encoding="utf-8")
     assert '| stages | 1. {"patch_size": [32, 32, 16], "iterations": 3}; 2. ' in card
+
+
+def test_a_staged_run_refuses_new_lengths_for_a_stage_the_next_one_started_from(entries, tmp_path):
+    import shutil
+
+    from LiverVolumetryLib.errors import InputError
+
+    run = tmp_path / "run"
+    quiet = dict(phantoms=0, validate_every=100, log=lambda m: None)
+    train(run, staged_recipe(), entries[:1], entries[1:], **quiet)  # stages of 3 + 2 iterations
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(InputError, match="stage 1 was planned as 3 iterations and stage 2 has begun from its "
+                                         "weights; these settings would make it 6"):
+        train(run, staged_recipe(), entries[:1], entries[1:], iterations=10, **quiet)
+    with pytest.raises(InputError, match="stage 1 has trained 3 iterations, more than the 2 these settings give it"):
+        train(run, staged_recipe(), entries[:1], entries[1:], iterations=4, **quiet)
+    assert (run / "config.json").read_bytes() == before  # the record is untouched
+    # Before the second stage has begun, the first may still be lengthened.
+    shutil.rmtree(run / "stage1")
+    train(run, staged_recipe(), entries[:1], entries[1:], iterations=10, **quiet)
+    assert [load_checkpoint(run / f"stage{k}" / "last.pt")["iteration"] for k in range(2)] == [6, 4]
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["stage_iterations"] == [6, 4]
+
+
+def test_a_run_is_not_resumed_with_fewer_iterations_than_it_has_trained(entries, tmp_path):
+    from LiverVolumetryLib.errors import InputError
+
+    recipe = expand_stages(staged_recipe())[0]
+    run = tmp_path / "run"
+    train(run, recipe, entries[:1], [], phantoms=0, iterations=3, log=lambda m: None)
+    with pytest.raises(InputError, match="has trained 3 iterations, more than the 2 asked for now"):
+        train(run, recipe, entries[:1], [], phantoms=0, iterations=2, log=lambda m: None)
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["iterations"] == 3
