@@ -133,7 +133,9 @@ def cmd_convert(args) -> int:
 
     entries = convert(args.dataset, args.source, args.out, sequences=args.sequences, label_value=args.label_value,
                       keep_organs=args.keep_organs, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
-    print(f"wrote {len(entries)} cases to {Path(args.out) / MANIFEST_NAME}")
+    manifest = Path(args.out) / MANIFEST_NAME
+    print(f"wrote {len(entries)} cases to {manifest}; check them with: livervolumetry-train check --manifest "
+          f"{manifest}")
     return 0
 
 

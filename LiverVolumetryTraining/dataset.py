@@ -64,14 +64,24 @@ def find_pairs(folder: str | Path, liver_label: int = 1, group: str = "") -> lis
     if not folder.is_dir():
         raise InputError(folder, "is not a folder")
     files = {_strip(p.name): p for p in sorted(folder.iterdir()) if p.name.endswith(_SUFFIXES)}
-    entries = []
+    entries, paired = [], set()
     for stem, path in files.items():
         for image_word, label_word in _PAIR_PATTERNS:
             match = re.fullmatch(rf"(.*?){image_word}(.*)", stem)
-            if match and f"{match[1]}{label_word}{match[2]}" in files:
+            if match and (label := f"{match[1]}{label_word}{match[2]}") in files:
                 case = f"{match[1]}{match[2]}".strip("_-") or stem
-                entries.append(CaseEntry(case, path, files[f"{match[1]}{label_word}{match[2]}"], liver_label, group))
+                entries.append(CaseEntry(case, path, files[label], liver_label, group))
+                paired |= {stem, label}
                 break
+    # A scan without its label (or a label without its scan) beside complete pairs is a
+    # case the user meant to give: refused, not silently left out.
+    words = {word for pattern in _PAIR_PATTERNS for word in pattern}
+    unpaired = [files[stem].name for stem in files
+                if stem not in paired and any(word in stem for word in words)]
+    if entries and unpaired:
+        more = f" and {len(unpaired) - 3} more" if len(unpaired) > 3 else ""
+        raise InputError(folder, f"{', '.join(unpaired[:3])}{more} without a matching image or label file "
+                                 "(pairs are named like image_1.nii.gz + label_1.nii.gz); add or move them")
     if not entries:
         images = [files[stem].name for stem in files if re.fullmatch(r".*?(image|img).*", stem)]
         unpaired = f"; {', '.join(images[:3])}{' ...' if len(images) > 3 else ''} without a label file" if images else ""

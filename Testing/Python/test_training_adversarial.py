@@ -203,3 +203,25 @@ def test_other_extra_manifest_columns_are_ignored(tiny_cases, tmp_path):
     manifest.write_text(f"case,image,label,liver_label,group,age,site,notes\n"
                         f"a,{tiny_cases}/image_0.nii.gz,{tiny_cases}/label_0.nii.gz,1,x,54,b,none\n")
     assert [(e.case, e.liver_label, e.group) for e in read_manifest(manifest)] == [("a", 1, "x")]
+
+
+@pytest.mark.parametrize("extra", ["image_7.nii.gz", "label_7.nii.gz"])
+@pytest.mark.parametrize("command", [["check"], ["convert", "pairs"], ["train", "--iterations", "1"]])
+def test_a_scan_or_label_without_its_pair_is_refused_naming_it_not_left_out(tiny_cases, tmp_path, capsys, extra,
+                                                                            command):
+    folder = tmp_path / "pairs"
+    shutil.copytree(tiny_cases, folder)
+    shutil.copy(folder / extra.replace("7", "0"), folder / extra)
+    out = tmp_path / "out"
+    where = ["--data", str(folder)] if command[0] != "convert" else [str(folder), "-o", str(out)]
+    run = ["--run", str(out)] if command[0] == "train" else []
+    code = cli.main([*command, *where, *run])
+    assert code == 1 and not out.exists()
+    _one_line_error(capsys, str(folder), f"{extra} without a matching image or label file")
+
+
+def test_files_that_name_neither_an_image_nor_a_label_are_left_alone(tiny_cases, tmp_path):
+    folder = tmp_path / "pairs"
+    shutil.copytree(tiny_cases, folder)
+    shutil.copy(folder / "image_0.nii.gz", folder / "notes.nii.gz")
+    assert [e.case for e in find_pairs(folder)] == ["0", "1", "2"]
