@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
@@ -205,7 +206,7 @@ def expand_stages(recipe: dict) -> list[dict]:
 _KIND_NAMES = {"boolean": "true or false", "whole number": "a whole number", "number": "a number", "text": "text",
                "list": "a list", "object": "an object", "null": "null"}
 #: Kinds a field may take beyond those in the named recipes (augmentation: a name or probabilities).
-_EXTRA_KINDS = {"augmentation": {"object"}}
+_EXTRA_KINDS = {"augmentation": {"object"}, "name": {"text"}, "organ_tissues": {"boolean"}, "stages": {"list"}}
 
 
 def _kind(value) -> str:
@@ -285,9 +286,36 @@ def load_recipe(name_or_path: str) -> dict:
         raise InputError(path, f"unknown base recipe {base!r} (known: {', '.join(RECIPES)})")
     else:
         recipe = _merge(get_recipe(base), {"name": f"{base}+{path.stem}", **spec})
+        if "stages" not in spec and (hidden := _overridden_by_every_stage(spec, recipe.get("stages") or [])):
+            raise InputError(path, f"recipe key {hidden!r} is set by each stage of {base!r}, so this value would "
+                                   "be ignored: give it in \"stages\" (a list with one object per stage)")
+    name = recipe.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[^/\\\x00-\x1f]{1,80}", name):
+        raise InputError(path, f"recipe 'name' must be text of 1-80 characters without / or \\, not "
+                               f"{json.dumps(name)}")
     check_recipe_types(recipe, path)
     check_recipe_values(recipe, path)
     return recipe
+
+
+def _overridden_by_every_stage(spec: dict, stages: list) -> str | None:
+    """The first key path of ``spec`` (a recipe file's overrides) that every one of
+    ``stages`` sets again, e.g. 'patch_size' or 'optimizer.lr'; None when there is none."""
+    def leaves(value: dict, prefix: str = ""):
+        for key, child in value.items():
+            path = f"{prefix}{key}"
+            yield from leaves(child, path + ".") if isinstance(child, dict) and child else [path]
+
+    def sets(stage: dict, path: str) -> bool:
+        for part in path.split("."):
+            if not isinstance(stage, dict) or part not in stage:
+                return False
+            stage = stage[part]
+        return True
+
+    if not stages or not all(isinstance(stage, dict) for stage in stages):
+        return None
+    return next((path for path in leaves(spec) if all(sets(stage, path) for stage in stages)), None)
 
 
 def get_recipe(name: str) -> dict:

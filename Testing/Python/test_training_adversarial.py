@@ -59,6 +59,10 @@ def _one_line_error(capsys, *words: str) -> str:
     ({"base": "liver-mri"}, {"stages": [{"iterations": 5}, {"iterations": 5, "optimizer": {"lr": 0}}]},
      "stage 2: 'optimizer.lr'"),
     ({"base": "liver-mri"}, {"augmentation": {"gama": 0.5}}, "recipe unknown augmentation(s) gama"),  # not stage 1's
+    ({"base": "liver-mri"}, {"patch_size": [96, 96, 32]}, "recipe key 'patch_size' is set by each stage of "
+                                                          "'liver-mri', so this value would be ignored"),
+    ({"base": "liver-mri"}, {"name": "../../elsewhere"}, "recipe 'name' must be text of 1-80 characters"),
+    ({"base": "liver-mri"}, {"organ_tissues": "yes"}, "recipe key 'organ_tissues' must be true or false"),
 ])
 def test_a_recipe_file_with_an_unknown_key_or_unusable_value_is_refused_naming_it(tmp_path, base, override, says):
     path = tmp_path / "mine.json"
