@@ -28,6 +28,24 @@ def _whole_number(least: int):
 at_least_one, zero_or_more = _whole_number(1), _whole_number(0)
 
 
+def model_label(text: str) -> str:
+    """An argparse type for a bundle's name or version: 1-80 characters, no path separators."""
+    if not text.strip() or len(text) > 80 or any(c in text for c in "/\\") or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"must be 1-80 printable characters without / or \\, got {text!r}")
+    return text.strip()
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (a probability threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
 def _entries(args) -> list:
     from .dataset import find_pairs, read_manifest
 
@@ -44,8 +62,11 @@ def _entries(args) -> list:
 def _split(entries: list, val_cases: str | None, val_count: int, seed: int) -> tuple[list, list]:
     import numpy as np
 
-    if val_cases:
+    if val_cases is not None:
         names = [n.strip() for n in val_cases.split(",") if n.strip()]
+        if not names:
+            raise LiverVolumetryError(f"--val-cases {val_cases!r} names no case (e.g. --val-cases 1,5,8; "
+                                      "--val-count 0 for no validation)")
         unknown = set(names) - {e.case for e in entries}
         if unknown:
             raise LiverVolumetryError(f"--val-cases names unknown cases: {', '.join(sorted(unknown))}")
@@ -87,9 +108,12 @@ def _thresholds(text: str) -> list[float]:
     values = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         try:
-            values.append(float(part))
-        except ValueError:
-            raise LiverVolumetryError(f"--thresholds: {part!r} is not a number (e.g. 0.4,0.5,0.6)") from None
+            values.append(probability(part))
+        except argparse.ArgumentTypeError:
+            raise LiverVolumetryError(f"--thresholds: {part!r} is not a number between 0 and 1 "
+                                      "(e.g. 0.4,0.5,0.6)") from None
+    if not values:
+        raise LiverVolumetryError(f"--thresholds {text!r} names no threshold (e.g. 0.4,0.5,0.6)")
     return values
 
 
@@ -100,7 +124,7 @@ def cmd_crossval(args) -> int:
     entries = _entries(args)
     cases = [e.case for e in entries]
     folds = parse_folds(args.folds, cases) if args.folds else make_folds(cases, args.k, args.seed)
-    thresholds = _thresholds(args.thresholds) if args.thresholds else [0.5]
+    thresholds = _thresholds(args.thresholds) if args.thresholds is not None else [0.5]
     crossval(entries, args.run, load_recipe(args.recipe), folds, thresholds=thresholds, phantoms=args.phantoms,
              iterations=args.iterations, epochs=args.epochs, validate_every=args.validate_every, seed=args.seed,
              cache_dir=Path(args.cache) if args.cache else None, radiomics=not args.no_radiomics,
@@ -134,7 +158,7 @@ def cmd_convert(args) -> int:
     entries = convert(args.dataset, args.source, args.out, sequences=args.sequences, label_value=args.label_value,
                       keep_organs=args.keep_organs, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
     manifest = Path(args.out) / MANIFEST_NAME
-    print(f"wrote {len(entries)} cases to {manifest}; check them with: livervolumetry-train check --manifest "
+    print(f"wrote {len(entries)} case{'' if len(entries) == 1 else 's'} to {manifest}; check them with: livervolumetry-train check --manifest "
           f"{manifest}")
     return 0
 
@@ -192,18 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a model bundle from a run")
     e.add_argument("run")
     e.add_argument("-o", "--out", required=True)
-    e.add_argument("--name", default="liver-mri")
-    e.add_argument("--version", default="0.0.1")
+    e.add_argument("--name", type=model_label, default="liver-mri")
+    e.add_argument("--version", type=model_label, default="0.0.1")
     e.add_argument("--description", default="")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="last (default) or best; best is chosen on the run's validation cases, so its validation "
                         "Dice is optimistic")
     e.add_argument("--card-notes", help="Markdown file appended to the generated MODEL.md (history, ablations)")
-    e.add_argument("--threshold", type=float, help="probability threshold (default: the recipe's), e.g. the one "
+    e.add_argument("--threshold", type=probability, help="probability threshold (default: the recipe's), e.g. the one "
                                                    "crossval chose")
     e.add_argument("--crossval", help="cross-validation folder whose crossval.json goes into model.json and MODEL.md")
-    e.add_argument("--max-window-voxels", type=int, help="run grids up to this many voxels as one window (0: the "
-                                                         "recipe's sliding windows), e.g. as benchmarks/window_settings.py chose")
+    e.add_argument("--max-window-voxels", type=zero_or_more,
+                   help="run grids up to this many voxels as one window (0: the recipe's sliding windows), e.g. as "
+                        "benchmarks/window_settings.py chose")
     e.add_argument("--crop-to-body", action=argparse.BooleanOptionalAction, default=None,
                    help="run the network only on the box around the body (default: the recipe's)")
     e.add_argument("--overwrite", action="store_true")
@@ -214,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
     x.add_argument("--run", required=True, help="folder for fold runs, masks, evaluation; re-run to resume")
     x.add_argument("--recipe", default="liver-mri", help=f"{', '.join(RECIPES)}, or a JSON file")
-    x.add_argument("-k", type=int, default=3, help="number of folds from a seeded shuffle (default 3)")
+    x.add_argument("-k", type=_whole_number(2), default=3, help="number of folds from a seeded shuffle (default 3)")
     x.add_argument("--folds", help='explicit folds, e.g. "1,8,15;3,10,19;5,13" (instead of -k)')
     x.add_argument("--thresholds", help="candidate probability thresholds, e.g. 0.4,0.5,0.6,0.7 (default 0.5); "
                                         "each case uses the one chosen on the other folds")

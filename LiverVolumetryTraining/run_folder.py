@@ -190,6 +190,24 @@ def remove_unstarted_run(run_dir: Path, created: bool) -> None:
             child.unlink(missing_ok=True)
 
 
+def check_run_folder(run_dir: Path, cache_dir: Path | None) -> None:
+    """Refuse a ``--run`` that is a file, or a folder holding files of something else than a
+    run (a new run would write among them, and a failed one would empty it), and a
+    ``--cache`` that is a file."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(run_dir, "is a file, not a run folder: give a new or empty folder for --run")
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise InputError(cache_dir, "is a file, not a folder for the preprocessing cache (--cache)")
+    if run_dir.is_dir():
+        names = {child.name for child in run_dir.iterdir()}
+        # A run writes config.json once its inputs are checked; before that only its cache.
+        if names and CONFIG_NAME not in names and "stage0" not in names and names != {"cache"}:
+            shown = ", ".join(sorted(names)[:3]) + (" ..." if len(names) > 3 else "")
+            raise InputError(run_dir, f"holds other files ({shown}) but no training run ({CONFIG_NAME}): give a new "
+                                      "or empty folder for --run")
+
+
 def check_train_arguments(train_entries: Sequence[CaseEntry], val_entries: Sequence[CaseEntry], phantoms: int | None,
                           iterations: int | None, epochs: int | None, validate_every: int) -> None:
     """Refuse, before any work, what :func:`train` cannot run with (one line each)."""

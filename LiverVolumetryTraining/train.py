@@ -30,8 +30,8 @@ from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
 from .distributed import DistContext, distributed_session, is_main_process, unwrap, wrap_model
 from .precision import autocast_dtype, guard_bf16_convolutions, precision_name
 from .recipes import expand_stages
-from .run_folder import (check_length, check_resume, check_stage_lengths, check_train_arguments, entry_dicts,
-                         load_checkpoint, remove_unstarted_run)
+from .run_folder import (check_length, check_resume, check_run_folder, check_stage_lengths, check_train_arguments,
+                         entry_dicts, load_checkpoint, remove_unstarted_run)
 from .run_log import RunLog
 from .sampling import build_sampler, iterations_per_epoch, total_iterations
 
@@ -177,6 +177,7 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
     """
     check_train_arguments(train_entries, val_entries, phantoms, iterations, epochs, validate_every)
     run_dir = Path(run_dir)
+    check_run_folder(run_dir, cache_dir)
     created = not run_dir.exists()
     fresh = created or (run_dir.is_dir() and not any(run_dir.iterdir()))
     try:

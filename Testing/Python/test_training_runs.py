@@ -239,9 +239,16 @@ def test_export_threshold_goes_into_the_bundle_and_a_bad_one_is_refused(trained_
     assert main(["export", str(trained_run), "-o", str(tmp_path / "bundle"), "--threshold", "0.65"]) == 0
     assert load_bundle(tmp_path / "bundle").inference.threshold == 0.65 != default
     for bad in ("1.5", "0"):
-        assert main(["export", str(trained_run), "-o", str(tmp_path / f"bad{bad}"), "--threshold", bad]) == 1
-        assert f"threshold must lie between 0 and 1, got {float(bad)}" in one_line_error(capsys)
+        with pytest.raises(SystemExit) as stopped:
+            main(["export", str(trained_run), "-o", str(tmp_path / f"bad{bad}"), "--threshold", bad])
+        assert stopped.value.code == 2
+        assert f"argument --threshold: must be a number between 0 and 1, got '{bad}'" in capsys.readouterr().err
         assert not (tmp_path / f"bad{bad}").exists()
+    from LiverVolumetryTraining.export import export_run  # the function checks it too
+
+    with pytest.raises(LiverVolumetryError, match="threshold must lie between 0 and 1, got 1.5"):
+        export_run(trained_run, tmp_path / "bad", "x", "1", threshold=1.5, log=lambda m: None)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_run_without_validation_cases_says_so_instead_of_a_nan_dice(pairs, recipe_file, tmp_path, capsys):
