@@ -61,12 +61,18 @@ class ConversionOutput:
         self.out_dir = Path(out_dir).absolute()
         self.overwrite = overwrite
         self.manifest = self.out_dir / MANIFEST_NAME
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise OutputError(self.out_dir, "exists and is not a folder")
-        if self.manifest.exists() and not overwrite:
-            raise OutputError(self.manifest, "already exists (use --overwrite to replace it)")
+        self.check_out_dir(self.out_dir, overwrite)
         self._created = not self.out_dir.exists()
         self.staging: Path | None = None
+
+    @staticmethod
+    def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+        """Refuse an output that is a file, or that holds a manifest (without ``overwrite``)."""
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputError(out_dir, "exists and is not a folder")
+        if (out_dir / MANIFEST_NAME).exists() and not overwrite:
+            raise OutputError(out_dir / MANIFEST_NAME, "already exists (use --overwrite to replace it)")
 
     def __enter__(self) -> ConversionOutput:
         try:
@@ -239,6 +245,9 @@ def convert(dataset: str, source: str | Path, out_dir: str | Path, sequences: Se
     apply to it; an option that does not apply is refused."""
     if dataset not in DATASETS:
         raise LiverVolumetryError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+    if not Path(source).is_dir():
+        raise InputError(source, "does not exist" if not Path(source).exists() else "is not a folder")
+    ConversionOutput.check_out_dir(Path(out_dir).absolute(), overwrite)  # before reading any case
     if dataset != "chaos" and (sequences or keep_organs):
         raise LiverVolumetryError("--sequences and --keep-organs apply to chaos only")
     if dataset == "chaos":

@@ -44,14 +44,21 @@ def make_folds(cases: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
 
 def parse_folds(text: str, cases: Sequence[str]) -> list[list[str]]:
     """Folds written as ``"1,8,15;3,10;5,13"``: each case in exactly one fold, all cases used."""
-    folds = [[c.strip() for c in part.split(",") if c.strip()] for part in text.split(";") if part.strip()]
+    parts = text.split(";")
+    if len(parts) > 1 and not parts[-1].strip():
+        parts = parts[:-1]  # a trailing ';'
+    folds = [[c.strip() for c in part.split(",") if c.strip()] for part in parts]
     named = [c for fold in folds for c in fold]
     problems = []
+    if empty := [str(k) for k, fold in enumerate(folds, start=1) if not fold]:
+        problems.append(f"fold(s) {', '.join(empty)} name no case")
     if len(folds) < 2:
         problems.append("at least 2 folds are needed")
     if unknown := sorted(set(named) - set(cases)):
         problems.append(f"unknown case(s) {', '.join(unknown)}")
-    if twice := sorted({c for c in named if named.count(c) > 1}):
+    if repeated := sorted({c for fold in folds for c in fold if fold.count(c) > 1}):
+        problems.append(f"case(s) named twice in one fold: {', '.join(repeated)}")
+    if twice := sorted({c for c in named if sum(c in fold for fold in folds) > 1}):
         problems.append(f"case(s) in more than one fold: {', '.join(twice)}")
     if missing := sorted(set(cases) - set(named)):
         problems.append(f"case(s) in no fold: {', '.join(missing)}")
@@ -232,10 +239,16 @@ def _summary(oof: dict, folds: list[list[str]], thresholds: list[float], recipe:
 def read_summary(run_dir: str | Path) -> dict:
     """``crossval.json`` of a cross-validation folder (one-line error when absent)."""
     path = Path(run_dir) / SUMMARY_NAME
+    if not Path(run_dir).is_dir():
+        raise InputError(run_dir, "is not a cross-validation folder (--crossval names the folder crossval wrote)")
+    if not path.is_file():
+        raise InputError(path, "not found: the cross-validation has not finished (crossval writes it last)")
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(path, f"no readable cross-validation summary ({error.__class__.__name__})") from None
+    except OSError as error:
+        raise InputError(path, f"cannot be read ({error.strerror or error})") from None
+    except ValueError as error:
+        raise InputError(path, f"is not valid JSON ({str(error).splitlines()[0][:120]})") from None
     kinds = {"protocol": str, "folds": list, "thresholds": list, "threshold": (int, float), "dice_mean": (int, float),
              "dice_min": (int, float), "dice_per_case": dict, "nested_threshold": dict, "dice_mean_by_threshold": dict}
     wrong = [key for key, kind in kinds.items()

@@ -162,7 +162,10 @@ def read_file(path: Path, failure: str, header_only: bool = False) -> sitk.Image
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise InputError(path, f"{failure} ({sitk_reason(error)})") from None
+        reason = sitk_reason(error)
+        if "Unable to determine ImageIO" in reason:  # ITK's words for a file it cannot make sense of
+            reason = f"not a valid {image_suffix(path) or 'image'} file, or the file is corrupt"
+        raise InputError(path, f"{failure} ({reason})") from None
     if image_suffix(path) in (".nii", ".nii.gz"):
         check_nifti_complete(path)
     if header_only:
@@ -210,6 +213,11 @@ def liver_mask(entry: CaseEntry, label: sitk.Image) -> sitk.Image:
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         bad = values.size - int(np.count_nonzero(np.isfinite(values)))
         raise InputError(entry.label, f"case {entry.case}: label has {bad} voxel(s) with NaN or infinite values")
+    if values.dtype.kind == "f" and (fractional := values[values != np.round(values)]).size:
+        # Cast to integers, 1.5 would count as liver 1: a probability map or a resampled label.
+        raise InputError(entry.label, f"case {entry.case}: label has {fractional.size} voxel(s) with values that are "
+                                      f"not whole numbers (e.g. {float(fractional.flat[0]):g}); a label map holds "
+                                      "whole numbers (threshold a probability map first)")
     liver = sitk.Cast(sitk.Equal(sitk.Cast(label, sitk.sitkInt32), entry.liver_label), sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(liver).any():
         present = values[values != 0]

@@ -25,7 +25,6 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from LiverVolumetryLib.atomic import write_text_atomic
-from LiverVolumetryLib.dicom import sitk_reason
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 
 from .dataset import (CaseEntry, _strip, grid_difference, grids_match, liver_mask, load_entry, read_case_image,
@@ -154,15 +153,14 @@ def write_manifest(entries: Iterable[CaseEntry], path: str | Path, overwrite: bo
 
 def _image_header(entry: CaseEntry) -> sitk.ImageFileReader:
     """A reader holding the header of the entry's image file."""
+    from LiverVolumetryLib.imageio import _file_reader
+
     if not entry.image.exists():
         raise InputError(entry.image, f"case {entry.case}: image file not found")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(entry.image))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise InputError(entry.image, f"case {entry.case}: image cannot be read ({sitk_reason(error)})") from None
-    return reader
+        return _file_reader(entry.image)  # the engine's reasons (corrupt, unsupported type, ...)
+    except InputError as error:
+        raise InputError(entry.image, f"case {entry.case}: image {error.cause}") from None
 
 
 def check_entry(entry: CaseEntry, full: bool = True) -> None:

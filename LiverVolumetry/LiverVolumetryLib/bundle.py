@@ -147,6 +147,9 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
     spec_path = folder / MODEL_JSON
     if not folder.exists():
         raise ModelBundleError(folder, "does not exist")
+    if folder.is_file():
+        raise ModelBundleError(folder, f"is a file, not a model bundle (a folder with {MODEL_JSON}, or its "
+                                       f"{MODEL_JSON})")
     if not spec_path.is_file():
         raise ModelBundleError(folder, f"no {MODEL_JSON} in this folder")
     try:

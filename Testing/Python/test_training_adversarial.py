@@ -229,3 +229,91 @@ def test_files_that_name_neither_an_image_nor_a_label_are_left_alone(tiny_cases,
     shutil.copytree(tiny_cases, folder)
     shutil.copy(folder / "image_0.nii.gz", folder / "notes.nii.gz")
     assert [e.case for e in find_pairs(folder)] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["export", "RUN", "-o", "OUT", "--name", " "], "argument --name: must be 1-80 printable characters"),
+    (["export", "RUN", "-o", "OUT", "--version", "1/2"], "argument --version: must be 1-80 printable characters"),
+    (["export", "RUN", "-o", "OUT", "--threshold", "2"], "argument --threshold: must be a number between 0 and 1"),
+    (["export", "RUN", "-o", "OUT", "--max-window-voxels", "-5"], "argument --max-window-voxels: must be a whole"),
+    (["crossval", "--data", "DATA", "--run", "OUT", "-k", "1"], "argument -k: must be a whole number of at least 2"),
+])
+def test_option_values_out_of_range_are_usage_errors_naming_the_option(tiny_cases, tmp_path, capsys, arguments,
+                                                                       says):
+    paths = {"RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "out"), "DATA": str(tiny_cases)}
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([paths.get(a, a) for a in arguments])
+    assert stopped.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["crossval", "--thresholds", ","], ["--thresholds ','", "names no threshold"]),
+    (["crossval", "--thresholds", "0.5,1.5"], ["--thresholds: '1.5' is not a number between 0 and 1"]),
+    (["crossval", "--folds", "0,0;1,2"], ["--folds: case(s) named twice in one fold: 0"]),
+    (["crossval", "--folds", "0;;1,2"], ["--folds: fold(s) 2 name no case"]),
+    (["train", "--val-cases", ","], ["--val-cases ','", "names no case"]),
+])
+def test_option_lists_that_name_nothing_or_repeat_are_one_line_errors(tiny_cases, tmp_path, capsys, arguments, says):
+    run = tmp_path / "run"
+    code = cli.main([*arguments, "--data", str(tiny_cases), "--run", str(run), "--iterations", "1"])
+    assert code == 1 and not run.exists()
+    _one_line_error(capsys, *says)
+
+
+def test_folds_with_a_trailing_semicolon_are_read_as_written():
+    from LiverVolumetryTraining.crossval import parse_folds
+
+    assert parse_folds("0,1;2;", ["0", "1", "2"]) == [["0", "1"], ["2"]]
+
+
+@pytest.mark.parametrize("where, says", [
+    ("run-file", "is a file, not a run folder"),
+    ("cache-file", "is a file, not a folder for the preprocessing cache (--cache)"),
+    ("user-folder", "holds other files (notes.txt) but no training run (config.json)"),
+])
+def test_a_run_or_cache_that_cannot_be_a_run_is_refused_before_any_work(tiny_cases, tmp_path, capsys, where, says):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    if where == "run-file":
+        run.write_text("x")
+    elif where == "cache-file":
+        cache.write_text("x")
+    else:
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+    code = cli.main(["train", "--data", str(tiny_cases), "--run", str(run), "--cache", str(cache),
+                     "--iterations", "1", "--phantoms", "0", "--val-count", "1", "--no-progress"])
+    assert code == 1
+    _one_line_error(capsys, says)
+    assert where != "user-folder" or [p.name for p in run.iterdir()] == ["notes.txt"]
+    assert where == "cache-file" or not cache.exists()
+
+
+@pytest.mark.parametrize("dataset", ["chaos", "amos", "liverhccseg", "totalseg", "pairs"])
+@pytest.mark.parametrize("source, says", [("missing", "does not exist"), ("file.txt", "is not a folder")])
+def test_every_converter_says_the_same_of_a_source_that_is_not_a_folder(tmp_path, capsys, dataset, source, says):
+    (tmp_path / "file.txt").write_text("x")
+    assert cli.main(["convert", dataset, str(tmp_path / source), "-o", str(tmp_path / "out")]) == 1
+    _one_line_error(capsys, f"{tmp_path / source}: {says}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_names_a_missing_crossval_folder_or_summary(tmp_path):
+    from LiverVolumetryTraining.crossval import read_summary
+
+    with pytest.raises(InputError, match="nope: is not a cross-validation folder"):
+        read_summary(tmp_path / "nope")
+    with pytest.raises(InputError, match="crossval.json: not found: the cross-validation has not finished"):
+        read_summary(tmp_path)
+    (tmp_path / "crossval.json").write_text("{")
+    with pytest.raises(InputError, match="crossval.json: is not valid JSON"):
+        read_summary(tmp_path)
+
+
+def test_init_from_a_file_that_is_not_model_json_says_it_is_a_file(tiny_cases, tmp_path, capsys):
+    (tmp_path / "weights.json").write_text("{}")
+    run = tmp_path / "run"
+    code = cli.main(["train", "--data", str(tiny_cases), "--run", str(run), "--init-from",
+                     str(tmp_path / "weights.json"), "--val-count", "1"])
+    assert code == 1 and not run.exists()
+    _one_line_error(capsys, "weights.json: is a file, not a model bundle")

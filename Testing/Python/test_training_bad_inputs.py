@@ -61,6 +61,10 @@ def bad_label(kind: str, folder: Path) -> Path:
         path = write(label[5], folder / "label.nii.gz")
     elif kind == "4D":
         path = write(np.stack([label] * 2), folder / "label.nii.gz")
+    elif kind.startswith("fraction"):
+        values = label.astype(np.float32)
+        values[label == 1] = 1.5  # cast to integers, it would count as liver 1
+        path = write(values, folder / f"label{kind[8:]}")
     else:
         values = label.astype(np.float32)
         values[0, 0, 0] = np.nan
@@ -75,6 +79,7 @@ def bad_label(kind: str, folder: Path) -> Path:
     ("4D", "label is 4D (size 16x16x12x2); a single 3D volume is needed"),
     ("NaN.nrrd", "label has 1 voxel(s) with NaN or infinite values"),
     ("NaN.nii.gz", "label has 1 voxel(s) with NaN or infinite values"),
+    ("fraction.nrrd", "label has 384 voxel(s) with values that are not whole numbers (e.g. 1.5); a label map"),
 ])
 def test_an_unusable_label_is_refused_in_one_line_everywhere(tmp_path, capsys, kind, says):
     data = tmp_path / "data"
@@ -176,3 +181,18 @@ def test_mean_distances_say_how_many_cases_they_cover_and_an_earlier_runs_radiom
     names = {p.name for p in write_report(result, tmp_path)}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
     assert not (tmp_path / "radiomics_icc.csv").exists()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_a_corrupt_image_is_named_in_the_engines_words_by_convert_and_check(tmp_path, capsys, suffix):
+    data = tmp_path / "data"
+    write_image(data / "image_1.nii.gz")
+    write(liver_box(), data / "label_1.nii.gz")
+    (data / f"image_2{suffix}").write_bytes(np.random.default_rng(2).bytes(300))
+    write(liver_box(), data / "label_2.nii.gz")
+    says = f"{data / f'image_2{suffix}'}: case 2: image cannot be read: not a valid {suffix} file, or the file is corrupt"
+    assert main(["convert", "pairs", str(data), "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {says}" in out and "wrote 1 case to" in out and "ImageIO" not in out
+    assert main(["check", "--data", str(data)]) == 1
+    assert says in capsys.readouterr().out

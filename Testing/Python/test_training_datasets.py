@@ -187,6 +187,12 @@ def test_amos_mri_cases_are_referenced_in_place(tmp_path):
     assert any("amos_0510" in m and "no voxel has the liver label 6" in m for m in logged)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.csv"]
     assert read_manifest(tmp_path / "out" / "manifest.csv") == entries
+    from LiverVolumetryTraining.converters import convert
+
+    again = []
+    with pytest.raises(OutputError, match="manifest.csv: already exists"):
+        convert("amos", tmp_path, tmp_path / "out", log=again.append)
+    assert again == []  # refused before any case was read
 
 
 def test_totalseg_single_and_combined_labels(tmp_path):
@@ -308,7 +314,7 @@ def test_cli_convert_and_check(tmp_path, capsys):
     write_pair(data, "image_2.nii.gz", "label_2.nii.gz", value=0)
     assert main(["convert", "pairs", str(data), "-o", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
-    assert f"wrote 1 cases to {tmp_path / 'm' / 'manifest.csv'}" in out and "skipped" in out
+    assert f"wrote 1 case to {tmp_path / 'm' / 'manifest.csv'}" in out and "skipped" in out
     assert main(["check", "--manifest", str(tmp_path / "m" / "manifest.csv")]) == 0
     assert main(["check", "--data", str(data)]) == 1
     out = capsys.readouterr().out.splitlines()
