@@ -2,7 +2,8 @@
 
 For each case the automated mask is either made by the engine (:func:`segment_liver` with
 a model bundle, the bundled default when none is named) or read from a predictions
-folder (``<case>.nii.gz`` or ``<case>_liver.nii.gz``, checked to lie on the image grid).
+folder (``<case>.nii.gz``, ``<case>_liver.nii.gz`` or the engine's ``<image name>_liver.nii.gz``,
+checked to lie on the image grid).
 Against the case's reference mask, on the native image grid:
 
 * segmentation: Dice, HD95 and ASSD in mm (:mod:`.surface_metrics`);
@@ -106,13 +107,18 @@ class EvaluationResult:
 
 # --------------------------------------------------------------------------- inputs
 
-def prediction_file(folder: Path, case: str) -> Path:
+def prediction_file(folder: Path, case: str, image: Path | None = None) -> Path:
     """The predicted mask of ``case`` in ``folder``: ``<case>.nii.gz`` or ``<case>_liver.nii.gz``
-    (also .nii, .nrrd, .mha); refuses none or several."""
-    found = [folder / f"{stem}{suffix}" for stem in (case, f"{case}_liver") for suffix in _PREDICTION_SUFFIXES
+    (also .nii, .nrrd, .mha), or, named after the case's ``image`` as the engine names its
+    masks, ``<image name>_liver.nii.gz``; refuses none or several."""
+    from LiverVolumetryLib.imageio import case_id
+
+    stems = dict.fromkeys([case, f"{case}_liver"] + ([f"{case_id(image)}_liver"] if image is not None else []))
+    found = [folder / f"{stem}{suffix}" for stem in stems for suffix in _PREDICTION_SUFFIXES
              if (folder / f"{stem}{suffix}").is_file()]
     if not found:
-        raise InputError(folder, f"case {case}: no prediction file {case}.nii.gz or {case}_liver.nii.gz")
+        engine = f" or {case_id(image)}_liver.nii.gz" if image is not None else ""
+        raise InputError(folder, f"case {case}: no prediction file {case}.nii.gz, {case}_liver.nii.gz{engine}")
     if len(found) > 1:
         raise InputError(folder, f"case {case}: several prediction files ({', '.join(p.name for p in found)})")
     return found[0]
@@ -130,7 +136,7 @@ def _check_inputs(entries: Sequence[CaseEntry], predictions: Path | None) -> Non
             raise InputError(predictions, "predictions folder not found")
         for entry in entries:
             try:
-                prediction_file(predictions, entry.case)
+                prediction_file(predictions, entry.case, entry.image)
             except InputError as error:
                 problems.append(str(error))
     if problems:
@@ -139,10 +145,18 @@ def _check_inputs(entries: Sequence[CaseEntry], predictions: Path | None) -> Non
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output the report could not be written into."""
+    from .evaluate_report import REPORT_FILES
+
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(out_dir, "exists and is not a folder")
+    above = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if not out_dir.exists() and above is not None and not above.is_dir():
+        raise OutputError(out_dir, f"cannot be created: {above} is a file")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise OutputError(out_dir, "is not empty (use --overwrite to replace its files)")
+    if folder := next((out_dir / n for n in REPORT_FILES if (out_dir / n).is_dir()), None):
+        raise OutputError(folder, "is a folder where the report writes a file (remove or rename it)")
 
 
 def _with_case(error: InputError, entry: CaseEntry) -> InputError:
@@ -161,7 +175,7 @@ def _automated_mask(entry: CaseEntry, image: sitk.Image, bundle, predictions: Pa
     if predictions is not None:
         from LiverVolumetryLib.masks import read_mask
 
-        path = prediction_file(predictions, entry.case)
+        path = prediction_file(predictions, entry.case, entry.image)
         return read_mask(path, reference=image, label=label), path.name, None
     from LiverVolumetryLib.segment import segment_liver
 
@@ -246,7 +260,11 @@ def summarize(result: EvaluationResult) -> None:
     if groups and len(grouped) < len(cases):
         notes.append(f"{len(cases) - len(grouped)} case(s) without a group are left out of the group comparison")
     if len(groups) == 2:
-        result.mann_whitney = mann_whitney([c.dice for c in grouped], [c.group for c in grouped])
+        result.mann_whitney = test = mann_whitney([c.dice for c in grouped], [c.group for c in grouped])
+        if test is not None and (floor := 2 / math.comb(test.n_a + test.n_b, test.n_a)) >= 0.05:
+            # With no ties, the most extreme split of the ranks has this two-sided p.
+            notes.append(f"with n = {test.n_a} and {test.n_b} the Mann-Whitney U test cannot reach p < 0.05 "
+                         f"(its smallest possible p is {min(floor, 1.0):.3g}): too few cases to compare the groups")
     elif len(groups) == 1:
         notes.append(f"Mann-Whitney U not computed: every grouped case is in group {groups[0]!r}; it compares two")
     elif len(groups) > 2:

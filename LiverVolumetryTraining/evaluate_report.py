@@ -210,6 +210,10 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[Path]:
     return files
 
 
+#: Every file :func:`write_report` may write.
+REPORT_FILES = ("cases.csv", "radiomics_icc.csv", "summary.json", "report.md", "bland_altman.png", "dice.png")
+
+
 def write_report(result: EvaluationResult, out_dir: str | Path) -> list[Path]:
     """Write every output file into ``out_dir`` (created if needed); return their paths."""
     out_dir = Path(out_dir)

@@ -41,6 +41,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     With ``overwrite=False`` an existing destination raises :class:`OutputError`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(path, "is a folder; a file cannot be written in its place (remove or rename it)")
     if not overwrite and path.exists():
         raise OutputError(path, "already exists (use --overwrite to replace it)")
     try:
@@ -53,7 +55,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use normal permissions
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # e.g. a folder created at ``path`` meanwhile
+            raise OutputError(path, f"cannot be replaced ({error.strerror or error})") from None
     except OutputError as error:
         with contextlib.suppress(OSError):
             tmp.unlink()

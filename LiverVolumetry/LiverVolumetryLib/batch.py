@@ -154,6 +154,10 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
     from another input (resuming would report that scan's results for this one)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(out_dir, "is a file; the output must be a folder")
+    files = [out_dir / TABLE_CSV, out_dir / TABLE_JSON,
+             *(path for item in cases for path in CaseOutputs.for_case(out_dir, item.case).all())]
+    if folder := next((path for path in files if path.is_dir()), None):  # else found only after the work
+        raise OutputError(folder, "is a folder where this run writes a file (remove or rename it)")
     if overwrite:
         return
     for item in cases:
