@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def model_label(text: str) -> str:
     if not text.strip() or len(text) > 80 or any(c in text for c in "/\\") or not text.isprintable():
         raise argparse.ArgumentTypeError(f"must be 1-80 printable characters without / or \\, got {text!r}")
     return text.strip()
+
+
+def device_name(text: str) -> str:
+    """An argparse type: auto, cpu, cuda (gpu) or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|gpu|cuda(:\d+)?", text.lower()):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text.lower()
 
 
 def probability(text: str) -> float:
@@ -203,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-count", type=zero_or_more, default=3, help="held-out cases when --val-cases is not given")
     t.add_argument("--iterations", type=at_least_one, help="optimiser steps (overrides the recipe's length)")
     t.add_argument("--epochs", type=at_least_one, help="passes over the training volumes (epoch-based recipes)")
-    t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    t.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--phantoms", type=zero_or_more,
                    help="synthetic phantoms added to training (contrasts: the recipe's phantom_contrasts)")
@@ -253,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fold", type=int, help="train only this fold (0-based) and stop, e.g. to train folds side by "
                                             "side in separate processes")
     x.add_argument("--no-radiomics", action="store_true", help="skip the radiomics agreement")
-    x.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    x.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu or cuda")
     x.set_defaults(func=cmd_crossval)
     c = sub.add_parser("convert", help="write a manifest (and NIfTI files where needed) for a public dataset")
     c.add_argument("dataset", choices=("chaos", "amos", "liverhccseg", "totalseg", "pairs"))
@@ -283,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "e.g. 5 for TotalSegmentator (default: any non-zero, "
                                                                 "if only one value)")
     v.add_argument("--no-radiomics", action="store_true", help="skip the radiomics agreement (much faster)")
-    v.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    v.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu or cuda")
     v.add_argument("-o", "--out", required=True, help="output folder (cases.csv, summary.json, report.md, plots)")
     v.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     v.set_defaults(func=cmd_evaluate)

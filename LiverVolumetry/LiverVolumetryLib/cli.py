@@ -29,8 +29,8 @@ def cmd_segment(args) -> int:
     from .inputs import collect_inputs
     from .reporting import make_reporter
 
-    _refuse_output_among_inputs(args.inputs, Path(args.output))
     cases = collect_inputs(args.inputs, series_uid=args.series)
+    _refuse_output_among_inputs(args.inputs, cases, Path(args.output))
     reporter = make_reporter(args.progress)
     rows = run_segmentation(cases, args.output, model=args.model, device=args.device,
                             radiomics=not args.no_radiomics, overwrite=args.overwrite, reporter=reporter)
@@ -51,16 +51,20 @@ def cmd_segment(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _refuse_output_among_inputs(inputs: list[str], output: Path) -> None:
-    """An output folder that is also an input folder would feed this run's masks back in as
-    scans on the next run."""
+def _refuse_output_among_inputs(inputs: list[str], cases: list, output: Path) -> None:
+    """An output folder that is also an input folder, or the folder of an input scan (also
+    one a manifest names), would feed this run's masks back in as scans on the next run."""
     from .errors import OutputError
 
-    for argument in inputs:
-        folder = Path(argument).expanduser()
-        if folder.is_dir() and output.exists() and folder.resolve() == output.resolve():
+    if not output.is_dir():
+        return
+    for path in [Path(a).expanduser() for a in inputs] + [Path(case.path) for case in cases]:
+        if path.is_dir() and path.resolve() == output.resolve():
             raise OutputError(output, "is also an input folder; the next run would take its masks for "
                                       "scans (choose another output folder)")
+        if path.is_file() and path.suffix.lower() != ".csv" and path.parent.resolve() == output.resolve():
+            raise OutputError(output, f"is the folder of the input {path.name}; a later run on that folder would "
+                                      "take its masks for scans (choose another output folder)")
 
 
 SERIES_HELP = ("the DICOM series to read when a folder holds several: its SeriesInstanceUID, or its "
@@ -175,6 +179,8 @@ def label_values(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a label value or comma-separated list of them, "
                                          "e.g. 6 or 1,2") from None
+    if 0 in values:
+        raise argparse.ArgumentTypeError(f"'{text}': 0 is the background value; give the liver's label value(s)")
     return values
 
 

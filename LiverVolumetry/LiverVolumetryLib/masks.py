@@ -16,7 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .imageio import _check_direction, _check_layout, _check_spacing, _execute, _file_reader
+from .imageio import _check_direction, _check_layout, _check_spacing, _execute, _file_reader, image_suffix
+from .niftifile import check_nifti_finite
 from .outputs import LIVER_SEGMENT_NAME
 
 __all__ = ["labels_text", "read_mask"]
@@ -49,7 +50,12 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
         shown = label if isinstance(label, int) else ",".join(str(v) for v in label)
         raise InputError(path, f"has {components} segment layers, so label {shown} is "
                                "ambiguous; omit the label to use every segment")
+    wanted = () if label is None else [label] if isinstance(label, int) else list(label)
+    if 0 in wanted:
+        raise InputError(path, "label 0 is the background value; give the liver's label value")
     offset = (0, 0, 0) if reference is None else _grid_offset(path, reader, reference)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_finite(path)  # ITK reads NaN in NIfTI as 0: a hole, not an error
     image = _execute(reader, path)
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
@@ -64,7 +70,6 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
         else:
             _check_single_label(path, array, liver)
     else:
-        wanted = [label] if isinstance(label, int) else list(label)
         liver = np.isin(array, wanted)
         if not liver.any() and np.any(array):
             raise InputError(path, f"has no voxel of label {','.join(str(v) for v in wanted)}; "
