@@ -166,8 +166,8 @@ def cmd_convert(args) -> int:
     entries = convert(args.dataset, args.source, args.out, sequences=args.sequences, label_value=args.label_value,
                       keep_organs=args.keep_organs, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
     manifest = Path(args.out) / MANIFEST_NAME
-    print(f"wrote {len(entries)} case{'' if len(entries) == 1 else 's'} to {manifest}; check them with: livervolumetry-train check --manifest "
-          f"{manifest}")
+    print(f"wrote {len(entries)} case{'' if len(entries) == 1 else 's'} to {manifest}; check them with: "
+          f"livervolumetry-train check --manifest {manifest}")
     return 0
 
 
@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last (default) or best; best is chosen on the run's validation cases, so its validation "
                         "Dice is optimistic")
     e.add_argument("--card-notes", help="Markdown file appended to the generated MODEL.md (history, ablations)")
-    e.add_argument("--threshold", type=probability, help="probability threshold (default: the recipe's), e.g. the one "
-                                                   "crossval chose")
+    e.add_argument("--threshold", type=probability,
+                   help="probability threshold (default: the recipe's), e.g. the one crossval chose")
     e.add_argument("--crossval", help="cross-validation folder whose crossval.json goes into model.json and MODEL.md")
     e.add_argument("--max-window-voxels", type=zero_or_more,
                    help="run grids up to this many voxels as one window (0: the recipe's sliding windows), e.g. as "

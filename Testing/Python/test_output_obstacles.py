@@ -150,10 +150,12 @@ def test_evaluate_says_when_groups_are_too_small_for_the_group_test(tmp_path):
         return CaseResult(case=name, group=group, dice=dice, hd95_mm=1.0, assd_mm=0.5, volume_auto_ml=1000.0,
                           volume_ref_ml=1010.0, source="file", seconds=0.0)
 
-    small = EvaluationResult(cases=[case("a", "x", 0.9), case("b", "y", 0.8), case("c", "y", 0.85)], automated="", radiomics=False)
+    small = EvaluationResult(cases=[case("a", "x", 0.9), case("b", "y", 0.8), case("c", "y", 0.85)], automated="",
+                             radiomics=False)
     summarize(small)
     assert any("cannot reach p < 0.05 (its smallest possible p is 0.667)" in n for n in small.notes)
-    enough = EvaluationResult(cases=[case(str(k), "xy"[k % 2], 0.8 + k / 100) for k in range(8)], automated="", radiomics=False)
+    enough = EvaluationResult(cases=[case(str(k), "xy"[k % 2], 0.8 + k / 100) for k in range(8)], automated="",
+                              radiomics=False)
     summarize(enough)
     assert enough.mann_whitney is not None and not any("cannot reach" in n for n in enough.notes)
     assert math.isfinite(enough.mann_whitney.p_value)

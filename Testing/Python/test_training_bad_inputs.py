@@ -190,7 +190,8 @@ def test_a_corrupt_image_is_named_in_the_engines_words_by_convert_and_check(tmp_
     write(liver_box(), data / "label_1.nii.gz")
     (data / f"image_2{suffix}").write_bytes(np.random.default_rng(2).bytes(300))
     write(liver_box(), data / "label_2.nii.gz")
-    says = f"{data / f'image_2{suffix}'}: case 2: image cannot be read: not a valid {suffix} file, or the file is corrupt"
+    says = (f"{data / f'image_2{suffix}'}: case 2: image cannot be read: not a valid {suffix} file, "
+            "or the file is corrupt")
     assert main(["convert", "pairs", str(data), "-o", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert f"skipped {says}" in out and "wrote 1 case to" in out and "ImageIO" not in out
