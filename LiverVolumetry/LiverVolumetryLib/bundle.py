@@ -109,18 +109,24 @@ class ModelBundle:
             raise ModelBundleError(self.path, f"network class {cls_name!r} is not allowed ({', '.join(ALLOWED_NETWORKS)})")
         try:
             return getattr(nets, cls_name)(**self.network.get("args", {}))
-        except TypeError as error:
-            raise ModelBundleError(self.path, f"bad network arguments: {error}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as error:  # MONAI's complaints about its arguments
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise ModelBundleError(self.path, f"bad network arguments: {first}") from None
 
     def load_state_dict(self) -> dict:
         """The weights as a dict of tensors, never unpickled."""
         import torch
 
-        if self.weights_path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        try:
+            if self.weights_path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            return load_file(str(self.weights_path))
-        return torch.load(self.weights_path, map_location="cpu", weights_only=True)
+                return load_file(str(self.weights_path))
+            return torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        except Exception as error:  # safetensors, pickle and zip errors alike: the file is not tensors
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:160]
+            raise ModelBundleError(self.path, f"weights file {self.weights_path.name} cannot be read as tensors "
+                                              f"({first})") from None
 
     def load_network(self):
         """Network with weights loaded, in eval mode, on the CPU."""
@@ -160,6 +166,7 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
         raise ModelBundleError(folder, f"format_version {spec['format_version']} is newer than this engine supports")
     weights = _require(spec, "weights", folder)
     weights_path = folder / _require(weights, "file", folder)
+    _check_inside(folder, weights_path)
     expected = str(_require(weights, "sha256", folder)).lower()
     if not weights_path.is_file():
         raise ModelBundleError(folder, f"weights file {weights_path.name} is missing")
@@ -168,6 +175,10 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
     if verify and sha256_file(weights_path) != expected:
         raise ModelBundleError(folder, f"SHA-256 of {weights_path.name} does not match {MODEL_JSON}: the file is corrupt or was replaced")
     onnx_path = _checked_onnx(folder, spec.get("onnx"), verify)
+    network = spec.get("network")
+    cls_name = str(network.get("class", "")) if isinstance(network, dict) else ""
+    if cls_name.rsplit(".", 1)[-1] not in ALLOWED_NETWORKS:  # checked also where the ONNX file runs instead
+        raise ModelBundleError(folder, f"network class {cls_name!r} is not allowed ({', '.join(ALLOWED_NETWORKS)})")
     try:
         return ModelBundle(
             path=folder, name=str(_require(spec, "name", folder)), version=str(_require(spec, "version", folder)),
@@ -181,6 +192,13 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
         raise ModelBundleError(folder, f"{MODEL_JSON} has a malformed section ({error})") from None
 
 
+def _check_inside(folder: Path, path: Path) -> None:
+    """Refuse a file that ``model.json`` names outside the bundle folder."""
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelBundleError(folder, f"{MODEL_JSON} names {path.name} outside the bundle folder; a bundle's "
+                                       "files lie inside it")
+
+
 def _checked_onnx(folder: Path, entry: Any, verify: bool) -> Path | None:
     """The bundle's ONNX file when ``model.json`` names one; its SHA-256 checked."""
     if not entry:
@@ -188,6 +206,7 @@ def _checked_onnx(folder: Path, entry: Any, verify: bool) -> Path | None:
     if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
         raise ModelBundleError(folder, f"{MODEL_JSON} has a malformed 'onnx' section")
     path = folder / str(entry["file"])
+    _check_inside(folder, path)
     if path.suffix != ".onnx" or not path.is_file():
         raise ModelBundleError(folder, f"ONNX file {path.name} is missing")
     if verify and sha256_file(path) != str(entry["sha256"]).lower():
