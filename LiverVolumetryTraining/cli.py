@@ -129,6 +129,8 @@ def cmd_crossval(args) -> int:
     from .crossval import crossval, make_folds, parse_folds
     from .recipes import load_recipe
 
+    if args.no_train and args.fold is not None:
+        raise LiverVolumetryError("--fold trains one fold and --no-train trains none: give one of them")
     entries = _entries(args)
     cases = [e.case for e in entries]
     folds = parse_folds(args.folds, cases) if args.folds else make_folds(cases, args.k, args.seed)

@@ -74,6 +74,9 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
     """(where, row) for each data line of a CSV manifest."""
     reader = csv.DictReader(io.StringIO(text))
     columns = [name.strip() for name in reader.fieldnames or []]
+    if len(columns) == 1 and (other := next((d for d in ";\t" if d in columns[0]), None)):
+        raise InputError(path, f"its columns are separated by {other!r}, not commas (header {columns[0]!r}): save "
+                               "it as comma-separated CSV")
     _check_columns(path, columns)
     if "image" not in columns or "label" not in columns:
         raise InputError(path, f"needs 'image' and 'label' columns (found: {', '.join(columns) or 'none'})")
@@ -112,7 +115,7 @@ def read_manifest(path: str | Path) -> list[CaseEntry]:
     except OSError as error:
         raise InputError(path, f"cannot read manifest ({error.strerror or error})") from None
     except UnicodeDecodeError:
-        raise InputError(path, "cannot read manifest (not UTF-8 text)") from None
+        raise InputError(path, "cannot read manifest (not UTF-8 text: save it as UTF-8 CSV)") from None
     rows = _json_rows(path, text) if _is_json(path, text) else _csv_rows(path, text)
     entries = [_entry(path, where, row) for where, row in rows]
     if not entries:
@@ -181,14 +184,29 @@ def check_entry(entry: CaseEntry, full: bool = True) -> None:
 
 
 def duplicate_problems(entries: Iterable[CaseEntry]) -> list[str]:
-    """One line per entry whose case name an earlier entry already uses."""
-    problems, first_use = [], {}
+    """One line per entry whose case name, or image file, an earlier entry already uses."""
+    problems, first_use, first_image = [], {}, {}
     for entry in entries:
+        image = _same_file_key(entry.image)
         if entry.case in first_use:
             problems.append(str(InputError(entry.image, f"case {entry.case}: duplicated case name "
                                                         f"(also used for {first_use[entry.case]})")))
+        elif image in first_image:
+            # One scan under two names would train on a validation case, or on a held-out fold's.
+            problems.append(str(InputError(entry.image, f"case {entry.case}: the same image as case "
+                                                        f"{first_image[image]}")))
         first_use.setdefault(entry.case, entry.image)
+        first_image.setdefault(image, entry.case)
     return problems
+
+
+def _same_file_key(path: Path):
+    """A key equal for two paths of the same file (device and inode), else the resolved path."""
+    try:
+        stat = path.stat()
+        return stat.st_dev, stat.st_ino
+    except OSError:
+        return str(path.resolve())
 
 
 def refuse_duplicates(entries: Iterable[CaseEntry]) -> None:

@@ -144,7 +144,10 @@ def _cases_from_manifest(manifest: Path, series_uid: str | None) -> list[InputCa
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+    except UnicodeDecodeError:
+        raise InputError(manifest, "cannot be read as a CSV manifest: it is not UTF-8 text (save it as UTF-8 "
+                                   "CSV)") from None
+    except (OSError, csv.Error) as error:
         raise InputError(manifest, f"cannot be read as a CSV manifest: {error}") from None
     if not rows:
         raise InputError(manifest, "is an empty CSV manifest; a header with a column "
@@ -152,8 +155,10 @@ def _cases_from_manifest(manifest: Path, series_uid: str | None) -> list[InputCa
     fields = [cell.strip().lower() for cell in rows[0][1]]
     image_column = _manifest_column(fields, _IMAGE_COLUMNS)
     if image_column is None:
+        other = next((d for d in ";\t" if len(fields) == 1 and d in fields[0]), None)
+        hint = f"; its columns are separated by {other!r}, not commas: save it as comma-separated CSV" if other else ""
         raise InputError(manifest, f"has no column 'image' (or 'path') in its header "
-                                   f"(columns: {', '.join(fields)})")
+                                   f"(columns: {', '.join(fields)}){hint}")
     cases = []
     for line, row in rows[1:]:
         record = dict(zip(fields, (cell.strip() for cell in row)))

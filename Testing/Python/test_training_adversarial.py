@@ -121,7 +121,8 @@ def test_a_crossval_stopped_by_bad_input_leaves_no_folds_record_to_refuse_the_fi
     from LiverVolumetryTraining.crossval import crossval
 
     entries = find_pairs(tiny_cases)
-    broken = [*entries, CaseEntry("9", entries[0].image, tmp_path / "missing.nii.gz")]
+    image_9 = shutil.copy(entries[0].image, tmp_path / "image_9.nii.gz")
+    broken = [*entries, CaseEntry("9", Path(image_9), tmp_path / "missing.nii.gz")]
     run = tmp_path / "cv"
     folds = [["0", "9"], ["1", "2"]]
     with pytest.raises(InputError, match="missing.nii.gz"):

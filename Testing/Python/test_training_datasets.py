@@ -293,10 +293,11 @@ def test_check_entries_names_each_bad_entry(tmp_path):
     moved = box_label(volume())
     moved.SetOrigin((0.0, 0.0, 0.0))
     sitk.WriteImage(moved, str(tmp_path / "moved.nii.gz"))
+    copies = {name: shutil.copy(good_image, tmp_path / f"image_{name}.nii.gz") for name in ("nolabel", "moved")}
     entries = [CaseEntry("good", good_image, good_label), CaseEntry("noimage", tmp_path / "gone.nii.gz", good_label),
-               CaseEntry("nolabel", good_image, tmp_path / "nolabel.nii.gz"),
+               CaseEntry("nolabel", copies["nolabel"], tmp_path / "nolabel.nii.gz"),
                CaseEntry("empty", tmp_path / "image_2.nii.gz", empty),
-               CaseEntry("moved", good_image, tmp_path / "moved.nii.gz"), CaseEntry("good", good_image, good_label)]
+               CaseEntry("moved", copies["moved"], tmp_path / "moved.nii.gz"), CaseEntry("good", good_image, good_label)]
     problems = check_entries(entries)
     assert problems == [
         f"{good_image}: case good: duplicated case name (also used for {good_image})",
