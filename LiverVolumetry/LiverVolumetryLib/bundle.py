@@ -104,9 +104,7 @@ class ModelBundle:
         """Instantiate the network named in ``model.json`` (allow-listed MONAI classes)."""
         import monai.networks.nets as nets
 
-        cls_name = self.network["class"].rsplit(".", 1)[-1]
-        if cls_name not in ALLOWED_NETWORKS:
-            raise ModelBundleError(self.path, f"network class {cls_name!r} is not allowed ({', '.join(ALLOWED_NETWORKS)})")
+        cls_name = allowed_network_class(self.network, self.path)
         try:
             return getattr(nets, cls_name)(**self.network.get("args", {}))
         except (TypeError, ValueError, KeyError, AttributeError) as error:  # MONAI's complaints about its arguments
@@ -175,10 +173,7 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
     if verify and sha256_file(weights_path) != expected:
         raise ModelBundleError(folder, f"SHA-256 of {weights_path.name} does not match {MODEL_JSON}: the file is corrupt or was replaced")
     onnx_path = _checked_onnx(folder, spec.get("onnx"), verify)
-    network = spec.get("network")
-    cls_name = str(network.get("class", "")) if isinstance(network, dict) else ""
-    if cls_name.rsplit(".", 1)[-1] not in ALLOWED_NETWORKS:  # checked also where the ONNX file runs instead
-        raise ModelBundleError(folder, f"network class {cls_name!r} is not allowed ({', '.join(ALLOWED_NETWORKS)})")
+    allowed_network_class(spec.get("network"), folder)  # also where the ONNX file runs instead of the class
     try:
         return ModelBundle(
             path=folder, name=str(_require(spec, "name", folder)), version=str(_require(spec, "version", folder)),
@@ -190,6 +185,14 @@ def load_bundle(path: str | Path | None = None, verify: bool = True) -> ModelBun
             weights_path=weights_path, sha256=expected, metadata=spec, onnx_path=onnx_path)
     except (KeyError, TypeError, ValueError) as error:
         raise ModelBundleError(folder, f"{MODEL_JSON} has a malformed section ({error})") from None
+
+
+def allowed_network_class(network: Any, where: Path) -> str:
+    """The MONAI class name of ``model.json``'s network section, if it is allow-listed."""
+    name = str(network.get("class", "")) if isinstance(network, dict) else ""
+    if name.rsplit(".", 1)[-1] not in ALLOWED_NETWORKS:
+        raise ModelBundleError(where, f"network class {name!r} is not allowed ({', '.join(ALLOWED_NETWORKS)})")
+    return name.rsplit(".", 1)[-1]
 
 
 def _check_inside(folder: Path, path: Path) -> None:
