@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from LiverVolumetryLib.atomic import write_text_atomic
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
+from LiverVolumetryLib.inputs import other_separator
 
 from .dataset import (CaseEntry, _strip, grid_difference, grids_match, liver_mask, load_entry, read_case_image,
                       read_case_label)
@@ -74,7 +75,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
     """(where, row) for each data line of a CSV manifest."""
     reader = csv.DictReader(io.StringIO(text))
     columns = [name.strip() for name in reader.fieldnames or []]
-    if len(columns) == 1 and (other := next((d for d in ";\t" if d in columns[0]), None)):
+    if other := other_separator(columns):
         raise InputError(path, f"its columns are separated by {other!r}, not commas (header {columns[0]!r}): save "
                                "it as comma-separated CSV")
     _check_columns(path, columns)

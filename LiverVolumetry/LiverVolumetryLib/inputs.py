@@ -138,6 +138,11 @@ def _manifest_column(fields: Sequence[str], names: Iterable[str]) -> str | None:
     return next((name for name in names if name in fields), None)
 
 
+def other_separator(header: Sequence[str]) -> str | None:
+    """The ';' or tab a CSV header read as one column holds (saved with another separator)."""
+    return next((d for d in ";\t" if len(header) == 1 and d in header[0]), None)
+
+
 def _cases_from_manifest(manifest: Path, series_uid: str | None) -> list[InputCase]:
     """The cases listed in a CSV manifest (columns image|path, optional case, series_uid)."""
     try:
@@ -155,7 +160,7 @@ def _cases_from_manifest(manifest: Path, series_uid: str | None) -> list[InputCa
     fields = [cell.strip().lower() for cell in rows[0][1]]
     image_column = _manifest_column(fields, _IMAGE_COLUMNS)
     if image_column is None:
-        other = next((d for d in ";\t" if len(fields) == 1 and d in fields[0]), None)
+        other = other_separator(fields)
         hint = f"; its columns are separated by {other!r}, not commas: save it as comma-separated CSV" if other else ""
         raise InputError(manifest, f"has no column 'image' (or 'path') in its header "
                                    f"(columns: {', '.join(fields)}){hint}")
