@@ -154,24 +154,26 @@ def check_length(run_dir: Path, iterations: int) -> None:
                                   "new --run folder")
 
 
-def check_stage_lengths(run_dir: Path, counts: Sequence[int]) -> None:
+def check_stage_lengths(run_dir: Path, counts: Sequence[int]) -> dict[int, int]:
     """Refuse new stage lengths (``counts``) that a staged run cannot take: a stage the next
-    one has started from keeps its length, and no stage may have trained beyond its new one."""
-    started = []  # (trained, planned) of each stage with a checkpoint, in order
+    one has started from keeps its length, and no stage may have trained beyond its new one.
+    Returns the iterations each stage with a checkpoint has trained, by stage index."""
+    trained, planned = {}, {}
     for k in range(len(counts)):
         last = Path(run_dir) / f"stage{k}" / "last.pt"
-        if not last.is_file():
-            break
-        planned = read_config(last.parent).get("iterations")
-        started.append((int(load_checkpoint(last)["iteration"]), planned))
+        if last.is_file():
+            trained[k], planned[k] = int(load_checkpoint(last)["iteration"]), read_config(last.parent).get("iterations")
     advice = "resume with the --iterations the run was started with, or use a new --run folder"
-    for k, (done, planned) in enumerate(started):
-        if done > counts[k]:
-            raise InputError(run_dir, f"stage {k + 1} has trained {done} iterations, more than the {counts[k]} "
+    for k in range(len(counts)):
+        if k not in trained:
+            break  # the stages after a missing one are not checked against it
+        if trained[k] > counts[k]:
+            raise InputError(run_dir, f"stage {k + 1} has trained {trained[k]} iterations, more than the {counts[k]} "
                                       f"these settings give it: {advice}")
-        if k + 1 < len(started) and planned != counts[k]:
-            raise InputError(run_dir, f"stage {k + 1} was planned as {planned} iterations and stage {k + 2} has "
+        if k + 1 in trained and planned[k] != counts[k]:
+            raise InputError(run_dir, f"stage {k + 1} was planned as {planned[k]} iterations and stage {k + 2} has "
                                       f"begun from its weights; these settings would make it {counts[k]}: {advice}")
+    return trained
 
 
 def remove_unstarted_run(run_dir: Path, created: bool) -> None:

@@ -227,12 +227,12 @@ def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[di
     check_resume(run_dir, whole, train_entries, val_entries, phantom_count[-1], seed)
     for k, stage in enumerate(stages):  # a finished stage is not trained again: check them all first
         check_resume(run_dir / f"stage{k}", stage, train_entries, val_entries, phantom_count[k], seed + 10 * k)
-    check_stage_lengths(run_dir, counts)
+    trained = check_stage_lengths(run_dir, counts)
     previous = None
     for k, (stage, count) in enumerate(zip(stages, counts)):
         stage_dir = run_dir / f"stage{k}"
         last = stage_dir / "last.pt"
-        if last.is_file() and int(load_checkpoint(last)["iteration"]) >= count:
+        if trained.get(k, -1) >= count:
             say(f"stage {k + 1}/{len(stages)} already trained ({stage_dir})")
         else:
             say(f"stage {k + 1}/{len(stages)}: {stage_dir}")
