@@ -21,6 +21,14 @@ from .imageio import IMAGE_SUFFIXES, case_id, image_suffix
 
 _IMAGE_COLUMNS = ("image", "path")
 
+#: Column names (lower case, letters only) that are meant as a manifest column but are not
+#: one: ignored, a case would be named after its file or read the wrong DICOM series.
+_LOOK_ALIKES = {
+    "image": ("images", "imagepath", "imagefile", "imagefilename", "paths", "file", "filename", "filepath"),
+    "case": ("cases", "caseid", "casename", "casenumber", "caseno"),
+    "series_uid": ("series", "seriesuid", "seriesuids", "seriesid", "seriesinstanceuid", "seriesdescription"),
+}
+
 
 @dataclass(frozen=True)
 class InputCase:
@@ -138,6 +146,11 @@ def _manifest_column(fields: Sequence[str], names: Iterable[str]) -> str | None:
     return next((name for name in names if name in fields), None)
 
 
+def _look_alike(fields: Sequence[str], column: str) -> str | None:
+    """The first of ``fields`` that looks meant as manifest column ``column``, or None."""
+    return next((name for name in fields if re.sub(r"[^a-z]", "", name) in _LOOK_ALIKES[column]), None)
+
+
 def other_separator(header: Sequence[str]) -> str | None:
     """The ';' or tab a CSV header read as one column holds (saved with another separator)."""
     return next((d for d in ";\t" if len(header) == 1 and d in header[0]), None)
@@ -162,8 +175,15 @@ def _cases_from_manifest(manifest: Path, series_uid: str | None) -> list[InputCa
     if image_column is None:
         other = other_separator(fields)
         hint = f"; its columns are separated by {other!r}, not commas: save it as comma-separated CSV" if other else ""
+        alike = _look_alike(fields, "image")
+        hint += f"; rename column {alike!r} to 'image'" if alike and not other else ""
         raise InputError(manifest, f"has no column 'image' (or 'path') in its header "
                                    f"(columns: {', '.join(fields)}){hint}")
+    for column in ("case", "series_uid"):
+        alike = None if column in fields else _look_alike(fields, column)
+        if alike:
+            raise InputError(manifest, f"column {alike!r} is not a manifest column (image or path, case, series_uid) "
+                                       f"and would be ignored; did you mean {column!r}? Rename it")
     cases = []
     for line, row in rows[1:]:
         record = dict(zip(fields, (cell.strip() for cell in row)))

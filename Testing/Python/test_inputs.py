@@ -290,3 +290,29 @@ def test_bad_arguments_are_one_line_input_errors(tmp_path, make):
         collect_inputs(arguments)
     message = str(caught.value)
     assert name in message and keyword in message and "\n" not in message
+
+
+@pytest.mark.parametrize("header, column, meant", [
+    ("image,Case ID", "case id", "'case'"),
+    ("image,SeriesInstanceUID", "seriesinstanceuid", "'series_uid'"),
+    ("path,series description", "series description", "'series_uid'"),
+], ids=["case_id", "series_instance_uid", "series_description"])
+def test_a_manifest_column_meant_as_case_or_series_is_refused_not_ignored(tmp_path, header, column, meant):
+    write_image(tmp_path / "a.nii.gz")
+    (tmp_path / "cases.csv").write_text(f"{header}\na.nii.gz,x\n")
+    with pytest.raises(InputError) as caught:
+        collect_inputs([tmp_path / "cases.csv"])
+    message = str(caught.value)
+    assert f"column '{column}' is not a manifest column" in message and f"did you mean {meant}" in message, message
+
+
+def test_a_manifest_with_the_image_under_another_name_says_which_column_to_rename(tmp_path):
+    (tmp_path / "cases.csv").write_text("Image Path,case\na.nii.gz,a\n")
+    with pytest.raises(InputError, match="rename column 'image path' to 'image'"):
+        collect_inputs([tmp_path / "cases.csv"])
+
+
+def test_other_manifest_columns_are_ignored(tmp_path):
+    write_image(tmp_path / "a.nii.gz")
+    (tmp_path / "cases.csv").write_text("image,case,label,site,series_uid_note\na.nii.gz,first,a_l.nii.gz,x,y\n")
+    assert [c.case for c in collect_inputs([tmp_path / "cases.csv"])] == ["first"]
