@@ -99,8 +99,8 @@ def _check_single_label(path: Path, array: np.ndarray, liver: np.ndarray) -> Non
 def _liver_segment(path: Path, reader: sitk.ImageFileReader, components: int) -> tuple[int, int] | None:
     """(layer, label value) of the segment named 'Liver' of a Slicer segmentation with
     several segments, as the Slicer module measures it; None for a file with at most one
-    segment (then every non-zero voxel is liver). Several segments, none named 'Liver',
-    are refused: their union is not the liver."""
+    segment (then every non-zero voxel is liver). Several segments, none named 'Liver'
+    (their union is not the liver) or more than one (in any letter case), are refused."""
     def field(n: int, name: str) -> str | None:
         key = f"Segment{n}_{name}"
         return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
@@ -110,7 +110,12 @@ def _liver_segment(path: Path, reader: sitk.ImageFileReader, components: int) ->
         names.append(field(len(names), "Name") or field(len(names), "ID"))
     if len(names) < 2:
         return None
-    liver = next((n for n, name in enumerate(names) if name.lower() == LIVER_SEGMENT_NAME.lower()), None)
+    livers = [n for n, name in enumerate(names) if name.lower() == LIVER_SEGMENT_NAME.lower()]
+    if len(livers) > 1:
+        raise InputError(path, f"holds {len(livers)} segments named '{LIVER_SEGMENT_NAME}' "
+                               f"({', '.join(repr(names[n]) for n in livers)}), so which one is the liver is "
+                               "ambiguous; rename or remove the others")
+    liver = livers[0] if livers else None
     if liver is None:
         raise InputError(path, f"holds {len(names)} segments ({', '.join(repr(n) for n in names)}) and none is "
                                f"named '{LIVER_SEGMENT_NAME}'; name the liver segment '{LIVER_SEGMENT_NAME}' "

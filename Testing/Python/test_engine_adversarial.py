@@ -143,6 +143,21 @@ def test_seg_nrrd_with_several_segments_and_no_liver_is_refused(tmp_path):
     assert "Segment_1" in message and "Liver" in message
 
 
+def test_seg_nrrd_with_two_segments_named_liver_is_refused(tmp_path):
+    # Before, the first one was measured without a word (e.g. an automatic 'Liver' and a
+    # hand-drawn 'liver' copy): which one the table held depended on the segment order.
+    image = _small_image()
+    a = np.zeros(image.GetSize(), bool)
+    a[2:6, 2:6, 2:5] = True
+    b = np.zeros_like(a)
+    b[8:11, 3:7, 1:4] = True
+    path = _segmentation(tmp_path, "twolivers.seg.nrrd", image, a, b, names=("Liver", "liver"))
+    with pytest.raises(InputError) as caught:
+        read_mask(path, reference=image)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: holds 2 segments named 'Liver' ('Liver', 'liver')") and "\n" not in message
+
+
 # ------------------------------------------------------------ truncated MetaImage
 
 
