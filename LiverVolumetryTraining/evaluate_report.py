@@ -3,8 +3,8 @@
 * ``cases.csv``: one row per case: Dice, HD95 (mm), ASSD (mm), automated and reference
   volume and their difference (mL), group, source of the automated mask, seconds, and the
   engine's plausibility warnings on the automated mask.
-* ``radiomics_icc.csv`` (with radiomics; without, an earlier run's is removed): feature,
-  ICC(2,1), its 95 % CI and case count.
+* ``radiomics_icc.csv`` (with radiomics and enough cases for an ICC; otherwise an earlier
+  run's is removed and the report says why): feature, ICC(2,1), its 95 % CI and case count.
 * ``summary.json``: the aggregate figures (NaN written as null).
 * ``report.md``: the human-readable report.
 * ``bland_altman.png`` and ``dice.png``: small plots (matplotlib, Agg backend).
@@ -219,11 +219,11 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {"cases.csv": cases_csv(result)}
-    if result.radiomics:
+    if result.feature_iccs:  # none without radiomics, or with too few cases (a header-only file)
         texts["radiomics_icc.csv"] = radiomics_csv(result)
     texts["summary.json"] = json.dumps(summary(result), indent=1, ensure_ascii=False) + "\n"
     texts["report.md"] = report_markdown(result)
-    if not result.radiomics:
+    if not result.feature_iccs:
         (out_dir / "radiomics_icc.csv").unlink(missing_ok=True)  # an earlier run's would not match this report
     files = []
     for name, text in texts.items():

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from LiverVolumetryLib.errors import InputError
 from LiverVolumetryTraining.cli import main
 from LiverVolumetryTraining.dataset import CaseEntry, load_entry
-from LiverVolumetryTraining.evaluate import CaseResult, EvaluationResult, summarize
+from LiverVolumetryTraining.evaluate import CaseResult, EvaluationResult, FeatureICC, summarize
 from LiverVolumetryTraining.evaluate_report import report_markdown, write_report
 from LiverVolumetryTraining.liverhccseg import convert_liverhccseg
 from LiverVolumetryTraining.manifest import check_entries, read_manifest
@@ -175,12 +175,22 @@ def test_mean_distances_say_how_many_cases_they_cover_and_an_earlier_runs_radiom
     assert "- HD95: 2.00 ± 0.00 (n = 4 of 5; 1 left out: empty automated mask) mm" in report
     assert "- ASSD: 1.00 ± 0.00 (n = 4 of 5; 1 left out: empty automated mask) mm" in report
     assert "- Dice: 0.7200 ± 0.4025\n" in report  # Dice is defined for every case
+    result.feature_iccs = [FeatureICC("original_shape_VoxelVolume", 0.99, 0.95, 1.0, 5)]
     write_report(result, tmp_path)
     assert (tmp_path / "radiomics_icc.csv").is_file()
-    result.radiomics = False
+    result.radiomics, result.feature_iccs = False, []
     names = {p.name for p in write_report(result, tmp_path)}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
     assert not (tmp_path / "radiomics_icc.csv").exists()
+
+
+def test_too_few_cases_for_a_radiomics_icc_write_no_header_only_file(tmp_path):
+    # Before, one or two cases gave a radiomics_icc.csv with a header and no rows.
+    result = EvaluationResult(cases=[case("1", "", 0.9)], automated="test", radiomics=True)
+    summarize(result)
+    names = {p.name for p in write_report(result, tmp_path)}
+    assert "radiomics_icc.csv" not in names and not (tmp_path / "radiomics_icc.csv").exists()
+    assert "radiomics ICCs not computed: need at least 3 cases" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
