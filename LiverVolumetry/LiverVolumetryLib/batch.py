@@ -171,6 +171,19 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
                                                    f"({series}); use another output folder or --overwrite")
 
 
+def _kept(table: ResultsTable, out_dir: Path, case: str) -> str | None:
+    """Why a finished case is not segmented again (None: it is). A row ``measure`` wrote
+    from a (hand-corrected) mask is kept whatever automatic files are there: redoing it
+    would replace that measurement by the network's."""
+    if not table.finished(case):
+        return None
+    if table.rows[case].get("mask"):
+        return f"kept: measured from {table.rows[case]['mask']}"
+    if all(p.exists() for p in CaseOutputs.for_case(out_dir, case).all()):
+        return "already done"
+    return None
+
+
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,
                      device: str = "auto", radiomics: bool = True, overwrite: bool = False,
                      reporter: Reporter | None = None, cancel=None) -> list[dict]:
@@ -190,8 +203,8 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
             # A finished case of this table (same input, checked above) whose files are not all
             # there any more is redone: what is left of its files is this table's own output.
             replace = overwrite or table.finished(item.case)
-            if not overwrite and table.finished(item.case) and all(p.exists() for p in CaseOutputs.for_case(out_dir, item.case).all()):
-                reporter.case_done(item.case, "skipped", "already done (use --overwrite to redo)", 0.0)
+            if not overwrite and (why := _kept(table, out_dir, item.case)):
+                reporter.case_done(item.case, "skipped", f"{why} (use --overwrite to redo)", 0.0)
                 rows.append(table.rows[item.case])
                 continue
             start = time.perf_counter()

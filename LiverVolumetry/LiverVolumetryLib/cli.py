@@ -77,7 +77,7 @@ def _check_text(row: dict) -> str:
 
 
 def cmd_measure(args) -> int:
-    from .batch import ResultsTable
+    from .batch import CaseOutputs, ResultsTable
     from .errors import InputError, OutputError
     from .imageio import case_id, read_image, series_uid_of
     from .masks import read_mask
@@ -116,6 +116,11 @@ def cmd_measure(args) -> int:
     if table is not None:
         table.put(row)
         say(f"wrote {Path(args.output) / 'measurements.csv'}")
+        automatic = [p.name for p in CaseOutputs.for_case(Path(args.output), case).all() if p.exists()]
+        if automatic:  # a segment output folder: its files of this case are the network's, not this mask
+            verb = "is" if len(automatic) == 1 else "are"
+            say(f"note: {', '.join(automatic)} in that folder {verb} still the automatic segmentation; the row now "
+                f"measures {args.mask} (and a later segment run keeps it)")
     return EXIT_OK
 
 

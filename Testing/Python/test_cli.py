@@ -318,6 +318,28 @@ def test_measure_refuses_an_existing_row_before_any_work(phantom_file, tmp_path,
     assert "already has a row for case 'case_a'" in capsys.readouterr().err
 
 
+def test_a_row_measured_from_a_corrected_mask_survives_a_later_segment_run(phantom_file, tmp_path, monkeypatch,
+                                                                           capsys):
+    # Before, a segment run on the folder found the automatic files of a measured case
+    # missing and segmented it again, replacing the hand-corrected measurement.
+    import LiverVolumetryLib.segment as segment
+
+    path, truth = phantom_file
+    mask_path = tmp_path / "corrected.nii.gz"
+    sitk.WriteImage(truth, str(mask_path))
+    out = tmp_path / "out"
+    assert main(["measure", str(path), str(mask_path), "-o", str(out), "--no-radiomics"]) == 0
+    assert "note:" not in capsys.readouterr().out  # no automatic files there
+    before = json.loads((out / "measurements.json").read_text())
+    monkeypatch.setattr(segment, "segment_liver", lambda *a, **k: pytest.fail("segmented a measured case"))
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "text"]) == 0
+    assert f"kept: measured from {mask_path}" in capsys.readouterr().err
+    assert json.loads((out / "measurements.json").read_text()) == before
+    (out / "case_a_qc.png").write_bytes(b"automatic")  # as if segment had written it before the measure
+    assert main(["measure", str(path), str(mask_path), "-o", str(out), "--no-radiomics", "--overwrite"]) == 0
+    assert "note: case_a_qc.png in that folder is still the automatic segmentation" in capsys.readouterr().out
+
+
 def test_a_table_written_before_the_series_uid_column_keeps_the_column_order_when_resumed(tmp_path):
     from LiverVolumetryLib.batch import ResultsTable
     from LiverVolumetryLib.outputs import write_measurements
