@@ -190,7 +190,7 @@ def test_too_few_cases_for_a_radiomics_icc_write_no_header_only_file(tmp_path):
     summarize(result)
     names = {p.name for p in write_report(result, tmp_path)}
     assert "radiomics_icc.csv" not in names and not (tmp_path / "radiomics_icc.csv").exists()
-    assert "radiomics ICCs not computed: need at least 3 cases" in (tmp_path / "report.md").read_text()
+    assert "radiomics ICCs not computed: need at least 3 cases" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
