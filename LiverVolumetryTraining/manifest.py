@@ -101,11 +101,16 @@ def _entry(path: Path, where: str, row: dict) -> CaseEntry:
     except (TypeError, ValueError, OverflowError):
         raise InputError(path, f"{where}: liver_label {value!r} is not a whole number") from None
     image_path, label_path = ((path.parent / os.path.expanduser(p)).resolve() for p in (image, label))
-    case = str(row.get("case") or "").strip() or _strip(image_path.name)
+    case = _text(row.get("case")) or _strip(image_path.name)
     if case in (".", "..") or any(sep in case for sep in ("/", "\\")):
         raise InputError(path, f"{where}: case name {case!r} is not usable as a file name (it names the cached "
                                "arrays and the masks): no / or \\, not . or ..")
-    return CaseEntry(case, image_path, label_path, int(number), str(row.get("group") or "").strip())
+    return CaseEntry(case, image_path, label_path, int(number), _text(row.get("group")))
+
+
+def _text(value) -> str:
+    """A JSON or CSV value as text; only a missing value is empty (a JSON group 0 is '0')."""
+    return "" if value is None else str(value).strip()
 
 
 def read_manifest(path: str | Path) -> list[CaseEntry]:

@@ -287,6 +287,15 @@ def test_json_manifest_and_relative_paths(tmp_path):
         read_manifest(tmp_path / "bad.csv")
 
 
+def test_json_manifest_keeps_a_case_or_group_coded_as_the_number_0(tmp_path):
+    # Before, `row.get("group") or ""` turned group 0 into no group (left out of the
+    # Mann-Whitney comparison of a 0/1 coding) and case 0 into the image's name.
+    image, label = write_pair(tmp_path, "a.nii.gz", "a_seg.nii.gz")
+    rows = [{"case": 0, "image": "a.nii.gz", "label": "a_seg.nii.gz", "group": 0}]
+    (tmp_path / "list.json").write_text(json.dumps(rows))
+    assert read_manifest(tmp_path / "list.json") == [CaseEntry("0", image, label, 1, "0")]
+
+
 def test_check_entries_names_each_bad_entry(tmp_path):
     good_image, good_label = write_pair(tmp_path, "image_1.nii.gz", "label_1.nii.gz")
     _, empty = write_pair(tmp_path, "image_2.nii.gz", "label_2.nii.gz", value=0)
