@@ -117,6 +117,13 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _md(text: object) -> str:
+    """Text from a manifest (case, group) or the run, safe in a Markdown table or list: a
+    '|' would split a table cell, '<' start raw HTML, a newline end the line."""
+    return " ".join(str(text).split("\n")).replace("\\", "\\\\").replace("|", "\\|").replace(
+        "<", "&lt;").replace(">", "&gt;")
+
+
 def _mean_sd_text(values: list[float], digits: int, why: str = "undefined") -> str:
     """'mean ± SD', with the count it covers when some values are undefined (NaN)."""
     mean, sd, n = mean_sd(values)
@@ -129,7 +136,7 @@ def report_markdown(result: EvaluationResult) -> str:
     """The report as Markdown text."""
     cases = result.cases
     lines = ["# Liver segmentation evaluation", "",
-             f"- Automated masks: {result.automated}", f"- Cases: {len(cases)}",
+             f"- Automated masks: {_md(result.automated)}", f"- Cases: {len(cases)}",
              f"- Radiomics: {'on (engine pyradiomics settings)' if result.radiomics else 'off'}",
              f"- Wall time: {result.seconds:.1f} s", "",
              "## Per case", "",
@@ -137,7 +144,7 @@ def report_markdown(result: EvaluationResult) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for c in cases:
         mark = " (training case)" if c.trained_on else ""
-        lines.append(f"| {c.case}{mark} | {c.group} | {c.dice:.4f} | {_fmt(c.hd95_mm)} | {_fmt(c.assd_mm)} | "
+        lines.append(f"| {_md(c.case)}{mark} | {_md(c.group)} | {c.dice:.4f} | {_fmt(c.hd95_mm)} | {_fmt(c.assd_mm)} | "
                      f"{c.volume_auto_ml:.1f} | {c.volume_ref_ml:.1f} | {c.volume_diff_ml:+.1f} |")
     lines += ["", "## Segmentation (mean ± SD)", "",
               f"- Dice: {_mean_sd_text([c.dice for c in cases], 4)}",
@@ -162,25 +169,27 @@ def report_markdown(result: EvaluationResult) -> str:
     flagged = [c for c in cases if c.warnings]
     lines += ["", "## Plausibility warnings on the automated masks", "",
               f"- {len(flagged)} of {len(cases)} case(s) flagged" + (":" if flagged else "")]
-    lines += [f"  - {c.case} (Dice {c.dice:.4f}): {c.warnings}" for c in flagged]
+    lines += [f"  - {_md(c.case)} (Dice {c.dice:.4f}): {_md(c.warnings)}" for c in flagged]
     mw = result.mann_whitney
     if mw:
         lines += ["", "## Dice between groups", "",
-                  f"- Two-sided Mann-Whitney U: {mw.group_a} (n = {mw.n_a}, median {mw.median_a:.4f}) vs "
-                  f"{mw.group_b} (n = {mw.n_b}, median {mw.median_b:.4f}): U = {mw.u:.1f}, p = {mw.p_value:.4g}"]
+                  f"- Two-sided Mann-Whitney U: {_md(mw.group_a)} (n = {mw.n_a}, median {mw.median_a:.4f}) vs "
+                  f"{_md(mw.group_b)} (n = {mw.n_b}, median {mw.median_b:.4f}): U = {mw.u:.1f}, p = {mw.p_value:.4g}"]
     if result.notes:
-        lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
+        lines += ["", "## Notes", ""] + [f"- {_md(note)}" for note in result.notes]
     lines += ["", "## Definitions", ""] + [f"- {text}" for text in DEFINITIONS]
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=100, format="png")
+    return buffer.getvalue()
 
 
-def write_plots(result: EvaluationResult, out_dir: Path) -> list[Path]:
-    """``bland_altman.png`` (difference vs mean volume) and ``dice.png`` (Dice per case)."""
+def render_plots(result: EvaluationResult) -> dict[str, bytes]:
+    """``bland_altman.png`` (difference vs mean volume) and ``dice.png`` (Dice per case), as
+    PNG bytes: rendered before any file is written, so a plot that fails leaves no report."""
     # Figure without pyplot: no global state and no GUI backend; PNGs are rendered by Agg.
     from matplotlib.figure import Figure
 
@@ -195,19 +204,18 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[Path]:
     axes.set(xlabel="mean of automated and reference volume (mL)", ylabel="automated - reference (mL)",
              title="Bland-Altman: liver volume")
     figure.tight_layout()
-    files = [out_dir / "bland_altman.png"]
-    _save_figure(figure, files[-1])
+    plots = {"bland_altman.png": _png(figure)}
     figure = Figure(figsize=(max(4.0, 0.3 * len(cases) + 1.5), 3.4))
     axes = figure.subplots()
     groups = sorted({c.group for c in cases})
     colors = [f"C{groups.index(c.group) % 10}" for c in cases]
     axes.bar(range(len(cases)), [c.dice for c in cases], color=colors)
-    axes.set_xticks(range(len(cases)), [c.case for c in cases], rotation=90, fontsize=7)
+    # '$' would start matplotlib's mathtext: a name like "a$b" failed the whole report.
+    axes.set_xticks(range(len(cases)), [c.case.replace("$", r"\$") for c in cases], rotation=90, fontsize=7)
     axes.set(ylim=(0, 1), ylabel="Dice", title="Dice per case" + (" (colour = group)" if len(groups) > 1 else ""))
     figure.tight_layout()
-    files.append(out_dir / "dice.png")
-    _save_figure(figure, files[-1])
-    return files
+    plots["dice.png"] = _png(figure)
+    return plots
 
 
 #: Every file :func:`write_report` may write.
@@ -217,16 +225,21 @@ REPORT_FILES = ("cases.csv", "radiomics_icc.csv", "summary.json", "report.md", "
 def write_report(result: EvaluationResult, out_dir: str | Path) -> list[Path]:
     """Write every output file into ``out_dir`` (created if needed); return their paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     texts = {"cases.csv": cases_csv(result)}
     if result.feature_iccs:  # none without radiomics, or with too few cases (a header-only file)
         texts["radiomics_icc.csv"] = radiomics_csv(result)
     texts["summary.json"] = json.dumps(summary(result), indent=1, ensure_ascii=False) + "\n"
     texts["report.md"] = report_markdown(result)
+    plots = render_plots(result)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not result.feature_iccs:
         (out_dir / "radiomics_icc.csv").unlink(missing_ok=True)  # an earlier run's would not match this report
     files = []
     for name, text in texts.items():
         write_text_atomic(out_dir / name, text)
         files.append(out_dir / name)
-    return files + write_plots(result, out_dir)
+    for name, data in plots.items():
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(data)
+        files.append(out_dir / name)
+    return files

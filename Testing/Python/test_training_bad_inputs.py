@@ -207,3 +207,33 @@ def test_a_corrupt_image_is_named_in_the_engines_words_by_convert_and_check(tmp_
     assert f"skipped {says}" in out and "wrote 1 case to" in out and "ImageIO" not in out
     assert main(["check", "--data", str(data)]) == 1
     assert says in capsys.readouterr().out
+
+
+def test_odd_case_and_group_names_keep_the_report_table_and_plots_intact(tmp_path):
+    # A '|' split the table row into more cells than the header, '<b>' went through as
+    # HTML, and a '$' in a name made matplotlib's mathtext fail after half the files.
+    cases = [case("a|b", "int|ext", 0.9), case("$a^$", "<b>x", 0.8), case("c", "int|ext", 0.7)]
+    result = EvaluationResult(cases=cases, automated="test", radiomics=False)
+    summarize(result)
+    names = {p.name for p in write_report(result, tmp_path)}
+    assert {"bland_altman.png", "dice.png", "report.md"} <= names
+    rows = [line for line in (tmp_path / "report.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ") and "Dice" not in line]
+    assert len(rows) == 3 and "<b>" not in "\n".join(rows)
+    for row in rows:
+        assert len(row.replace("\\|", "").split("|")) == 10, row  # 8 cells between 9 bars
+    assert rows[0].startswith("| a\\|b | int\\|ext | 0.9000 |")
+
+
+def test_a_plot_that_fails_leaves_no_report_files(tmp_path, monkeypatch):
+    import LiverVolumetryTraining.evaluate_report as report
+
+    def fails(result):
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(report, "render_plots", fails)
+    result = EvaluationResult(cases=[case("1", "", 0.9), case("2", "", 0.8)], automated="test", radiomics=False)
+    summarize(result)
+    with pytest.raises(ValueError):
+        write_report(result, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
