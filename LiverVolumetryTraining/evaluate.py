@@ -105,6 +105,9 @@ class EvaluationResult:
         return [f for f in self.feature_iccs if math.isfinite(f.icc) and f.icc < threshold]
 
 
+#: Appended to a case's source when its prediction holds other labels but not the liver's.
+NO_LIVER_LABEL = " (no voxel of the liver label)"
+
 # --------------------------------------------------------------------------- inputs
 
 def prediction_file(folder: Path, case: str, image: Path | None = None) -> Path:
@@ -124,9 +127,21 @@ def prediction_file(folder: Path, case: str, image: Path | None = None) -> Path:
     return found[0]
 
 
-def _check_inputs(entries: Sequence[CaseEntry], predictions: Path | None) -> None:
-    """Fail early, in one line naming the entry, before any slow work."""
-    from .manifest import check_entries
+def _check_prediction(entry: CaseEntry, path: Path, label: Sequence[int] | None) -> None:
+    """The header checks of the case's prediction file against its image (no voxels read)."""
+    from LiverVolumetryLib.masks import check_mask_header
+
+    from .manifest import _image_header
+
+    reference = None if entry.image.is_dir() else _image_header(entry)  # a DICOM image: checked when read
+    check_mask_header(path, reference, label)
+
+
+def _check_inputs(entries: Sequence[CaseEntry], predictions: Path | None,
+                  label: Sequence[int] | None = None) -> None:
+    """Fail early, in one line naming the entry, before any slow work: the entries, and
+    each prediction file (found, claimed by one case only, its header fits the image)."""
+    from .manifest import _same_file_key, check_entries
 
     if not entries:
         raise LiverVolumetryError("no cases to evaluate: give --data FOLDER or --manifest CSV")
@@ -134,11 +149,17 @@ def _check_inputs(entries: Sequence[CaseEntry], predictions: Path | None) -> Non
     if predictions is not None:
         if not predictions.is_dir():
             raise InputError(predictions, "predictions folder not found")
+        claimed: dict = {}
         for entry in entries:
             try:
-                prediction_file(predictions, entry.case, entry.image)
+                path = prediction_file(predictions, entry.case, entry.image)
+                if (other := claimed.setdefault(_same_file_key(path), entry.case)) != entry.case:
+                    # e.g. scans all named mri.nii.gz: one mri_liver.nii.gz would be scored for each
+                    raise InputError(path, f"is the prediction of both case {other} and case {entry.case} "
+                                           f"(name predictions after the cases: {entry.case}.nii.gz)")
+                _check_prediction(entry, path, label)
             except InputError as error:
-                problems.append(str(error))
+                problems.append(str(_with_case(error, entry)))
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise LiverVolumetryError(problems[0] + more)
@@ -173,10 +194,15 @@ def _automated_mask(entry: CaseEntry, image: sitk.Image, bundle, predictions: Pa
     """The automated mask on the image grid, where it came from, and the network's unsure
     fraction (None for a mask read from a file; ``label``: its liver label value(s))."""
     if predictions is not None:
-        from LiverVolumetryLib.masks import read_mask
+        from LiverVolumetryLib.masks import MissingLabelError, read_mask
 
         path = prediction_file(predictions, entry.case, entry.image)
-        return read_mask(path, reference=image, label=label), path.name, None
+        try:
+            return read_mask(path, reference=image, label=label), path.name, None
+        except MissingLabelError:  # a label map in which the liver was missed: an empty automated mask
+            empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+            empty.CopyInformation(image)
+            return empty, f"{path.name}{NO_LIVER_LABEL}", None
     from LiverVolumetryLib.segment import segment_liver
 
     result = segment_liver(image, bundle, device=device)
@@ -299,7 +325,7 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
     if predictions is not None and model is not None:
         raise LiverVolumetryError("give a model or a predictions folder, not both")
     _check_out_dir(out_dir, overwrite)
-    _check_inputs(entries, predictions)
+    _check_inputs(entries, predictions, prediction_label)
     bundle, training_cases = None, set()
     if predictions is None:
         bundle, device = _load_model(model, device)
@@ -317,6 +343,13 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         log(f"[{number}/{len(entries)}] {case.case}: Dice {case.dice:.4f}, HD95 {case.hd95_mm:.2f} mm, "
             f"ASSD {case.assd_mm:.2f} mm, volume {case.volume_auto_ml:.0f} / {case.volume_ref_ml:.0f} mL "
             f"({case.seconds:.1f} s)")
+    missed = [c.case for c in result.cases if c.source.endswith(NO_LIVER_LABEL)]
+    if missed:
+        shown = ",".join(str(v) for v in prediction_label or ())
+        every = " (every case: is --prediction-label right?)" if len(missed) == len(result.cases) else ""
+        result.notes.append(f"{len(missed)} prediction(s) hold other labels but no voxel of label {shown}, counted as "
+                            f"empty automated masks{every}: {', '.join(missed)}")
+        log(f"note: {result.notes[-1]}")
     trained = [c.case for c in result.cases if c.trained_on]
     if trained:
         result.notes.append(f"{len(trained)} of {len(entries)} case name(s) are among the model's training cases "

@@ -20,7 +20,12 @@ from .imageio import _check_direction, _check_layout, _check_spacing, _execute, 
 from .niftifile import check_nifti_finite
 from .outputs import LIVER_SEGMENT_NAME
 
-__all__ = ["labels_text", "read_mask"]
+__all__ = ["MissingLabelError", "check_mask_header", "labels_text", "read_mask"]
+
+
+class MissingLabelError(InputError):
+    """A mask with voxels, but none of the liver label asked for (a wrong label value, or a
+    label map in which the liver was missed)."""
 
 
 def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
@@ -40,20 +45,9 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
     outside the reference grid are refused (background there is dropped).
     """
     path = Path(path)
-    reader = _file_reader(path)
+    reader, offset = check_mask_header(path, reference, label)
     components = reader.GetNumberOfComponents()
-    _check_layout(path, reader.GetDimension(), reader.GetSize(), components,
-                  allow_components=True)
-    _check_spacing(path, reader.GetSpacing())
-    _check_direction(path, reader.GetDirection())
-    if components > 1 and label is not None:
-        shown = label if isinstance(label, int) else ",".join(str(v) for v in label)
-        raise InputError(path, f"has {components} segment layers, so label {shown} is "
-                               "ambiguous; omit the label to use every segment")
     wanted = () if label is None else [label] if isinstance(label, int) else list(label)
-    if 0 in wanted:
-        raise InputError(path, "label 0 is the background value; give the liver's label value")
-    offset = (0, 0, 0) if reference is None else _grid_offset(path, reader, reference)
     if image_suffix(path) in (".nii", ".nii.gz"):
         check_nifti_finite(path)  # ITK reads NaN in NIfTI as 0: a hole, not an error
     image = _execute(reader, path)
@@ -72,9 +66,31 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None,
     else:
         liver = np.isin(array, wanted)
         if not liver.any() and np.any(array):
-            raise InputError(path, f"has no voxel of label {','.join(str(v) for v in wanted)}; "
+            raise MissingLabelError(path, f"has no voxel of label {','.join(str(v) for v in wanted)}; "
                                    f"it holds label(s) {labels_text(array[array != 0])}")
     return _paste_into_grid(path, liver, offset, image if reference is None else reference)
+
+
+def check_mask_header(path: str | os.PathLike, reference=None, label: int | Sequence[int] | None = None
+                      ) -> tuple[sitk.ImageFileReader, tuple[int, int, int]]:
+    """What :func:`read_mask` checks from the header alone (no voxels read): a readable 3D
+    file, its spacing and direction, ``label``, and, with ``reference`` (an image, or a
+    reader holding an image's header), that the grids line up. Returns the reader and the
+    index in the reference grid of the mask's first voxel."""
+    path = Path(path)
+    reader = _file_reader(path)
+    components = reader.GetNumberOfComponents()
+    _check_layout(path, reader.GetDimension(), reader.GetSize(), components,
+                  allow_components=True)
+    _check_spacing(path, reader.GetSpacing())
+    _check_direction(path, reader.GetDirection())
+    if components > 1 and label is not None:
+        shown = label if isinstance(label, int) else ",".join(str(v) for v in label)
+        raise InputError(path, f"has {components} segment layers, so label {shown} is "
+                               "ambiguous; omit the label to use every segment")
+    if label is not None and 0 in ([label] if isinstance(label, int) else list(label)):
+        raise InputError(path, "label 0 is the background value; give the liver's label value")
+    return reader, (0, 0, 0) if reference is None else _grid_offset(path, reader, reference)
 
 
 def labels_text(values: np.ndarray) -> str:

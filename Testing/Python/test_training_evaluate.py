@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +320,70 @@ def test_cli_evaluate_multi_label_predictions_need_the_liver_label(cases, tmp_pa
     assert "label 5" in json.loads((out / "summary.json").read_text(encoding="utf-8"))["automated"]
     assert main(["evaluate", "--data", str(data), "--prediction-label", "5", "-o", str(tmp_path / "o2")]) == 1
     assert "--prediction-label needs --predictions" in capsys.readouterr().err
+
+
+def test_cli_evaluate_a_prediction_that_missed_the_liver_label_is_an_empty_mask(cases, tmp_path, capsys):
+    # A label map that holds other organs but not the liver (label 5) is a failed
+    # segmentation, Dice 0, not an error stopping the whole cohort.
+    data, predictions = tmp_path / "data", tmp_path / "pred"
+    data.mkdir()
+    predictions.mkdir()
+    for k in (0, 1):
+        for kind in ("image", "label"):
+            (data / f"{kind}_{k}.nii.gz").symlink_to(cases / "data" / f"{kind}_{k}.nii.gz")
+        reference = sitk.ReadImage(str(cases / "data" / f"label_{k}.nii.gz"))
+        organs = sitk.GetArrayFromImage(reference).astype(np.uint8) * (5 if k == 0 else 0)
+        organs[0, :4, :4] = 2
+        labels = sitk.GetImageFromArray(organs)
+        labels.CopyInformation(reference)
+        sitk.WriteImage(labels, str(predictions / f"{k}.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["evaluate", "--data", str(data), "--predictions", str(predictions), "--no-radiomics",
+                 "--prediction-label", "5", "-o", str(out)]) == 0, capsys.readouterr().err
+    rows = _rows(out / "cases.csv")
+    assert [float(rows[c]["dice"]) for c in "01"] == [1.0, 0.0]
+    notes = json.loads((out / "summary.json").read_text(encoding="utf-8"))["notes"]
+    assert any("1 prediction(s) hold other labels but no voxel of label 5" in n and n.endswith(": 1") for n in notes)
+
+
+def _pairs_named_alike(cases: Path, root: Path) -> list[Path]:
+    """Two cases whose scans are both named scan.nii.gz (as in TotalSegmentator or LiverHccSeg)."""
+    folders = []
+    for k in (0, 1):
+        folder = root / f"patient{k}"
+        folder.mkdir(parents=True)
+        for kind, name in (("image", "scan"), ("label", "label")):  # copies: manifest paths are resolved
+            shutil.copy(cases / "data" / f"{kind}_{k}.nii.gz", folder / f"{name}.nii.gz")
+        folders.append(folder)
+    rows = ["case,image,label"] + [f"p{k},{f}/scan.nii.gz,{f}/label.nii.gz" for k, f in enumerate(folders)]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folders
+
+
+def test_cli_evaluate_refuses_one_prediction_file_for_two_cases(cases, tmp_path, capsys):
+    # Before, pred/scan_liver.nii.gz (named after the scan) was scored for both cases.
+    _pairs_named_alike(cases, tmp_path)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "scan_liver.nii.gz").symlink_to(cases / "pred" / "0.nii.gz")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--manifest", str(tmp_path / "manifest.csv"), "--predictions", str(tmp_path / "pred"),
+                 "--no-radiomics", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is the prediction of both case p0 and case p1" in err, err
+    assert not out.exists()
+
+
+def test_cli_evaluate_checks_every_prediction_grid_before_the_first_case(cases, tmp_path, capsys, monkeypatch):
+    import LiverVolumetryTraining.evaluate as evaluate
+
+    _pairs_named_alike(cases, tmp_path)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "p0.nii.gz").symlink_to(cases / "pred" / "0.nii.gz")
+    coarse = sitk.ReadImage(str(cases / "pred" / "0.nii.gz"))
+    coarse.SetSpacing([2 * s for s in coarse.GetSpacing()])
+    sitk.WriteImage(coarse, str(tmp_path / "pred" / "p1.nii.gz"))
+    monkeypatch.setattr(evaluate, "evaluate_case", lambda *a, **k: pytest.fail("evaluated before the checks"))
+    assert main(["evaluate", "--manifest", str(tmp_path / "manifest.csv"), "--predictions", str(tmp_path / "pred"),
+                 "--no-radiomics", "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "p1.nii.gz: case p1: does not match the image grid: spacing" in err and len(err.splitlines()) == 1, err
