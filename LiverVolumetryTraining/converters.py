@@ -248,6 +248,10 @@ def convert(dataset: str, source: str | Path, out_dir: str | Path, sequences: Se
     if not Path(source).is_dir():
         raise InputError(source, "does not exist" if not Path(source).exists() else "is not a folder")
     ConversionOutput.check_out_dir(Path(out_dir).absolute(), overwrite)  # before reading any case
+    inside = Path(source).resolve() in (Path(out_dir).resolve(), *Path(out_dir).resolve().parents)
+    if dataset in ("chaos", "liverhccseg") and inside:  # these write images, which the next run reads as data
+        raise OutputError(out_dir, f"is inside the {dataset} dataset folder {source}: the converted files would "
+                                   "be read as the dataset's by the next conversion; choose a folder outside it")
     if dataset != "chaos" and (sequences or keep_organs):
         raise LiverVolumetryError("--sequences and --keep-organs apply to chaos only")
     if dataset == "chaos":

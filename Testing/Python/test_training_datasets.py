@@ -240,6 +240,27 @@ def test_liverhccseg_portal_venous_nifti_and_dicom(tmp_path):
     np.testing.assert_allclose(liver_centre(liver), BOX_CENTRE, atol=1.0)
 
 
+@pytest.mark.parametrize("dataset", ["liverhccseg", "chaos"])
+def test_converters_that_write_images_refuse_an_output_inside_the_dataset(tmp_path, dataset):
+    # Before, `convert liverhccseg SRC -o SRC` worked once; the next run took the label it
+    # had written for a resampled case as a second liver segmentation of the whole source.
+    from LiverVolumetryLib.errors import OutputError
+    from LiverVolumetryTraining.converters import convert
+
+    write_pair(tmp_path / "P1", "art_pv.nii.gz", "rater1_liver.nii.gz")
+    for out in (tmp_path, tmp_path / "converted"):
+        with pytest.raises(OutputError, match=f"is inside the {dataset} dataset folder"):
+            convert(dataset, tmp_path, out)
+        assert not (out / "manifest.csv").exists()
+
+
+def test_an_in_place_manifest_may_be_written_into_the_dataset_folder(tmp_path):
+    from LiverVolumetryTraining.converters import convert
+
+    image, label = write_pair(tmp_path, "image_1.nii.gz", "label_1.nii.gz")
+    assert [e.image for e in convert("pairs", tmp_path, tmp_path)] == [image]
+
+
 def test_liverhccseg_tcia_nifti_package(tmp_path):
     """The TCIA download nifti_and_segms.zip as unpacked: nifti_and_segms/nifti_and_segms/
     <subject>/<study>/art_pre, art, art_pv, art_del + rater1/rater2 liver and tumour masks,
