@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .bundle import ModelBundle, load_bundle
-from .errors import CancelledError, LiverVolumetryError, OutputError
+from .errors import CancelledError, InputError, LiverVolumetryError, OutputError
 from .inputs import InputCase
 from .reporting import Reporter
 
@@ -110,7 +110,10 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
 
     stage(0, 1)(0.0, "load")
     image = read_image(item.path, item.series_uid)
-    result = segment_liver(image, bundle, device, progress=stage(0.05, 0.7), cancel=cancel)
+    try:
+        result = segment_liver(image, bundle, device, progress=stage(0.05, 0.7), cancel=cancel)
+    except InputError as error:  # about the image in memory: name its file
+        raise error if error.path else InputError(item.path, error.cause) from None
     if not sitk.GetArrayViewFromImage(result.mask).any():
         raise LiverVolumetryError(f"{item.path}: no liver found in this image")
     stage(0, 1)(0.7, "measure")

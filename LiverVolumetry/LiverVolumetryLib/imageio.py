@@ -29,7 +29,9 @@ from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_err
 from .dicom import sitk_reason as _sitk_reason
 from .errors import InputError
 from .metafile import check_metaimage_complete
-from .niftifile import check_nifti_complete, check_nifti_finite, check_nifti_pixdim, check_nifti_sform
+from .niftifile import (check_nifti_complete, check_nifti_finite, check_nifti_gzip, check_nifti_orientation,
+                        check_nifti_pixdim, check_nifti_sform)
+from .nrrdfile import check_nrrd_header
 from .pixel_checks import Where, check_pixels
 
 SERIES_UID_TAG = "0020|000e"  # SeriesInstanceUID
@@ -45,6 +47,9 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Plausible voxel spacing in mm: a spacing outside (MIN, MAX] is a broken header.
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 30.0
+
+#: Farthest plausible origin coordinate in mm (100 m): scanners give at most a few hundred.
+MAX_ORIGIN_MM = 1e5
 
 #: Memory estimate (see :func:`estimate_memory_bytes`).
 BYTES_PER_VOXEL = 16
@@ -154,6 +159,11 @@ def _check_direction(path: Where, direction: Sequence[float]) -> None:
     if np.any(norms < 1e-6) or abs(np.linalg.det(matrix / norms)) < 1e-3:
         raise InputError(path, "has a degenerate direction matrix (axes are parallel "
                                "or zero); the image orientation is unusable")
+    if np.any(np.abs(norms - 1) > 1e-3):
+        # ITK scales the voxels by them (e.g. a .mhd TransformMatrix 2 0 0 ...), NIfTI and Slicer do not.
+        raise InputError(path, f"has a direction matrix whose axes are not unit vectors (lengths "
+                               f"{', '.join(f'{n:.4g}' for n in norms)}), so its voxel size is ambiguous; give "
+                               "the voxel size as spacing and unit axes")
     cosines = (matrix / norms).T @ (matrix / norms)
     worst = float(np.max(np.abs(cosines - np.eye(3))))
     if worst > MAX_AXIS_COSINE:
@@ -162,6 +172,14 @@ def _check_direction(path: Where, direction: Sequence[float]) -> None:
         angle = math.degrees(math.acos(min(1.0, worst)))
         raise InputError(path, f"has a sheared (non-orthogonal) voxel grid: two axes meet at {angle:.1f} "
                                "degrees instead of 90; resample it onto an orthogonal grid first")
+
+
+def _check_origin(path: Where, origin: Sequence[float]) -> None:
+    """Refuse a non-finite origin, or one no scanner gives (beyond MAX_ORIGIN_MM): NIfTI
+    stores it in float32, so the masks would be written millimetres off."""
+    if not all(math.isfinite(o) and abs(o) <= MAX_ORIGIN_MM for o in origin):
+        raise InputError(path, f"has an implausible position: origin {', '.join(f'{o:g}' for o in origin)} mm (each "
+                               f"coordinate must be finite and within {MAX_ORIGIN_MM:g} mm of the scanner's centre)")
 
 
 def _check_memory(path: Where, size: Sequence[int]) -> None:
@@ -179,6 +197,7 @@ def validate_image(image: sitk.Image, path: Where) -> None:
     _check_layout(path, image.GetDimension(), size, image.GetNumberOfComponentsPerPixel())
     _check_spacing(path, image.GetSpacing())
     _check_direction(path, image.GetDirection())
+    _check_origin(path, image.GetOrigin())
     check_pixels(path, image)
 
 
@@ -226,7 +245,11 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
     _check_detached_data(path)
     if image_suffix(path) in (".mha", ".mhd"):
         check_metaimage_complete(path)
+    if image_suffix(path) in (".nrrd", ".nhdr"):
+        check_nrrd_header(path)
     if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_gzip(path)
+        check_nifti_orientation(path)
         check_nifti_pixdim(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -263,6 +286,7 @@ def _read_file(path: Path) -> sitk.Image:
     _check_layout(path, reader.GetDimension(), size, reader.GetNumberOfComponents())
     _check_spacing(path, reader.GetSpacing())
     _check_direction(path, reader.GetDirection())
+    _check_origin(path, reader.GetOrigin())
     _check_memory(path, size)
     reader.SetOutputPixelType(sitk.sitkFloat32)
     if image_suffix(path) not in (".nii", ".nii.gz"):

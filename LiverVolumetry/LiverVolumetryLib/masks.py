@@ -141,6 +141,8 @@ def _liver_segment(path: Path, reader: sitk.ImageFileReader, components: int) ->
         value = int(field(liver, "LabelValue") or 1)
     except ValueError:
         raise InputError(path, f"has an unreadable layer or label value for segment '{names[liver]}'") from None
+    if value == 0:  # background: the "liver" would be everything else
+        raise InputError(path, f"segment '{names[liver]}' has label value 0, the background value")
     if not 0 <= layer < components:
         raise InputError(path, f"segment '{names[liver]}' is in layer {layer}, but the file has {components}")
     return layer, value

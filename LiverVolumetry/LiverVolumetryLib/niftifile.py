@@ -22,6 +22,19 @@ def _gzipped(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
+def check_nifti_gzip(path: Path) -> None:
+    """Refuse a file named .nii.gz that is not gzip data (e.g. a renamed .nii): the other
+    checks would read it as a damaged gzip file and call it truncated."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        return
+    plain_nifti = len(start) == 4 and any(struct.unpack(e + "i", start)[0] in (348, 540) for e in "<>")
+    if _gzipped(path) and plain_nifti:  # other content: the reader says it is not a valid file
+        raise InputError(path, "is named .nii.gz but is not gzip-compressed (rename it to .nii, or compress it)")
+
+
 # NIfTI datatype codes of real floating-point voxels, as numpy types (byte order added later).
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
@@ -133,6 +146,30 @@ def _read_spatial_fields(path: Path) -> tuple[np.ndarray | None, tuple[float, ..
             return _spatial_fields(handle.read(544))
     except (EOFError, OSError, zlib.error):
         return None  # reported by the reader or check_nifti_complete
+
+
+def _orientation_codes(header: bytes) -> tuple[int, int] | None:
+    """(qform_code, sform_code) of a NIfTI-1/2 header, or None if it is not one."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            return struct.unpack_from(endian + "2h", header, 252)
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            return struct.unpack_from(endian + "2i", header, 344)
+    return None
+
+
+def check_nifti_orientation(path: Path) -> None:
+    """Refuse a NIfTI file with neither a qform nor an sform (both codes 0): ITK then places
+    it by its voxel size alone, nibabel and FSL elsewhere (flipped and shifted), and the
+    masks written for it carry ITK's placement, so they would not lie on it in those tools."""
+    try:
+        with (gzip.open(path, "rb") if _gzipped(path) else open(path, "rb")) as handle:
+            codes = _orientation_codes(handle.read(544))
+    except (EOFError, OSError, zlib.error):
+        return  # reported by the reader or check_nifti_complete
+    if codes == (0, 0):
+        raise InputError(path, "has no orientation (its qform_code and sform_code are 0), so tools place it "
+                               "differently; convert it again from DICOM or set its orientation (e.g. fslorient)")
 
 
 def check_nifti_pixdim(path: Path) -> None:

@@ -73,13 +73,24 @@ def physical_corners(image: sitk.Image) -> np.ndarray:
     return origin + (corners * spacing) @ direction.T
 
 
+def _ras_extent(image: sitk.Image, spacing_arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low, high corner along the RAS axes, voxel count per axis) of the network grid."""
+    corners_ras = physical_corners(image) @ np.array(RAS_DIRECTION).reshape(3, 3)  # coordinates along RAS axes
+    low, high = corners_ras.min(axis=0), corners_ras.max(axis=0)
+    return low, high, np.maximum(np.ceil((high - low) / spacing_arr - 1e-6).astype(int), 1)
+
+
+def network_grid_size(image: sitk.Image, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The size of :func:`network_grid` (x, y, z), without allocating it."""
+    size = _ras_extent(image, np.asarray(spacing, dtype=float))[2]
+    return int(size[0]), int(size[1]), int(size[2])
+
+
 def network_grid(image: sitk.Image, spacing: tuple[float, float, float]) -> sitk.Image:
     """An empty RAS-aligned image at ``spacing`` covering ``image``'s physical extent."""
     direction = np.array(RAS_DIRECTION).reshape(3, 3)
     spacing_arr = np.asarray(spacing, dtype=float)
-    corners_ras = physical_corners(image) @ direction  # coordinates along the RAS axes
-    low, high = corners_ras.min(axis=0), corners_ras.max(axis=0)
-    size = np.maximum(np.ceil((high - low) / spacing_arr - 1e-6).astype(int), 1)
+    low, high, size = _ras_extent(image, spacing_arr)
     # Centre the grid on the extent so that rounding is split between both sides.
     first_centre = (low + high) / 2 - (size - 1) / 2 * spacing_arr
     grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)

@@ -23,7 +23,7 @@ from .crop import Box, body_box, box_grid
 from .errors import CancelledError, InputError, LiverVolumetryError
 from .onnx_network import OnnxNetwork, onnxruntime_available, softmax
 from .postprocess import clean_mask, probability_to_input_grid
-from .preprocess import to_network_input
+from .preprocess import network_grid_size, to_network_input
 
 Progress = Callable[[float, str], None]
 Cancel = Callable[[], bool]
@@ -196,6 +196,21 @@ def _check_image(image: sitk.Image) -> None:
         raise InputError(None, "a single-component (scalar) image is needed")
 
 
+def _check_network_memory(image: sitk.Image, spacing) -> None:
+    """Refuse an image whose network grid (its whole field of view at the model's spacing)
+    needs more memory than is available: coarse voxels over a wide field of view make a
+    small file a huge grid (128x128x60 voxels of 30 mm: 1920x1920x900 at 2 mm)."""
+    from .imageio import _gb, _size_text, available_memory_bytes, estimate_memory_bytes
+
+    size = network_grid_size(image, spacing)
+    needed, available = estimate_memory_bytes(size), available_memory_bytes()
+    if needed > available:
+        extent = " x ".join(f"{n * s:.0f}" for n, s in zip(size, spacing))
+        raise InputError(None, f"is too large on the network's grid: its field of view of {extent} mm is "
+                               f"{_size_text(size)} voxels at {'x'.join(f'{s:g}' for s in spacing)} mm, which needs "
+                               f"about {_gb(needed)} of memory, {_gb(available)} available")
+
+
 def network_probability(image: sitk.Image, bundle: ModelBundle, device: str, report: Progress | None = None,
                         cancel: Cancel | None = None, timings: dict[str, float] | None = None):
     """Preprocess ``image`` and run the network: (liver probability array, its grid).
@@ -206,6 +221,7 @@ def network_probability(image: sitk.Image, bundle: ModelBundle, device: str, rep
     report = report or (lambda fraction, stage: None)
     timings = {} if timings is None else timings
     t = time.perf_counter()
+    _check_network_memory(image, bundle.preprocessing.spacing)
     net_input = to_network_input(image, bundle.preprocessing)
     timings["preprocess"] = time.perf_counter() - t
     t = time.perf_counter()
