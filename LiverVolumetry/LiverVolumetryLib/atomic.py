@@ -8,8 +8,11 @@ only after the writer finished without an exception (Ctrl-C included).
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +78,56 @@ def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = True
     """Write a text file atomically (UTF-8)."""
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+#: Signals that stop a command-line run: Ctrl-C, and what `timeout`, SLURM, `docker stop`
+#: and a closed terminal send.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, as Ctrl-C is, while the block runs:
+    the temporary files of the writes under way are then removed instead of left behind.
+    The handlers before are restored after. Only in the main thread (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in STOP_SIGNALS if sig != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back the stop signals until the block ends, then raise KeyboardInterrupt: the
+    renames of a case's files and the table row that records them happen all or not at all.
+    Only in the main thread (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+def remove_stale_parts(path: str | os.PathLike) -> None:
+    """Remove the temporary files a killed writer of ``path`` left (``.<name>.*.part*``):
+    a process killed outright (SIGKILL, power loss) cannot remove them itself."""
+    path = Path(path)
+    for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.part*")):
+        with contextlib.suppress(OSError):
+            os.unlink(stale)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import atomic_path, interrupts_deferred, remove_stale_parts
 from .bundle import ModelBundle, load_bundle
 from .errors import CancelledError, InputError, LiverVolumetryError, OutputError
 from .inputs import InputCase
@@ -88,8 +88,9 @@ def _finite(value):
 
 
 def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: str, radiomics: bool,
-                 overwrite: bool, reporter: Reporter, cancel=None) -> dict:
-    """Segment, measure and write one case; returns its table row (raises on failure)."""
+                 overwrite: bool, reporter: Reporter, cancel=None, record=None) -> dict:
+    """Segment, measure and write one case; returns its table row (raises on failure),
+    which ``record(row)`` is given as soon as the files are in place."""
     from .confidence import confidence_warnings
     from .imageio import read_image, series_uid_of
     from .measure import measure
@@ -123,18 +124,26 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         raise CancelledError()
     stage(0, 1)(0.92, "write")
     title = f"{item.case}: liver {values['volume_ml']:.0f} mL ({bundle.name} {bundle.version})"
-    # All three files are written to temporary names first and renamed together at the
-    # end, so an interruption leaves either all of a case's files or none.
-    with contextlib.ExitStack() as stack:
-        mask_tmp, seg_tmp, qc_tmp = (stack.enter_context(atomic_path(p, overwrite=overwrite)) for p in outputs.all())
-        write_mask(result.mask, mask_tmp)
-        write_segmentation(result.mask, seg_tmp)
-        write_qc_png(image, result.mask, qc_tmp, title=title, warnings=warnings)
-    return {"case": item.case, "input": os.path.abspath(item.path), "series_uid": series_uid_of(image),
-            **{k: _finite(v) for k, v in values.items()},
-            "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
-            "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 3),
-            "warnings": "; ".join(warnings), "status": "ok", "error": None}
+    for path in outputs.all():
+        remove_stale_parts(path)  # of a run killed outright
+    # All three files are written to temporary names first and renamed together at the end,
+    # and ``record`` (the table) is told in the same breath: the stop signals wait until all
+    # of it is done, so an interruption leaves a case's files and its row together or none.
+    with interrupts_deferred():
+        with contextlib.ExitStack() as stack:
+            mask_tmp, seg_tmp, qc_tmp = (stack.enter_context(atomic_path(p, overwrite=overwrite))
+                                         for p in outputs.all())
+            write_mask(result.mask, mask_tmp)
+            write_segmentation(result.mask, seg_tmp)
+            write_qc_png(image, result.mask, qc_tmp, title=title, warnings=warnings)
+        row = {"case": item.case, "input": os.path.abspath(item.path), "series_uid": series_uid_of(image),
+               **{k: _finite(v) for k, v in values.items()},
+               "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
+               "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 3),
+               "warnings": "; ".join(warnings), "status": "ok", "error": None}
+        if record is not None:
+            record(row)
+    return row
 
 
 def _same_input(recorded: str, path: Path) -> bool:
@@ -212,7 +221,8 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
                 continue
             start = time.perf_counter()
             try:
-                row = process_case(item, out_dir, bundle, device, radiomics, replace, reporter, cancel)
+                row = process_case(item, out_dir, bundle, device, radiomics, replace, reporter, cancel,
+                                   record=table.put)
             except CancelledError:
                 raise
             except LiverVolumetryError as error:
@@ -225,11 +235,11 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
                        "model_version": bundle.version, "device": device,
                        "seconds": round(time.perf_counter() - start, 2), "status": "failed",
                        "error": f"{item.path}: {type(error).__name__}: {first}"}
-            if row["status"] == "failed" and replace:
-                # Asked to replace this case's files, which the failed row no longer describes.
-                for path in CaseOutputs.for_case(out_dir, item.case).all():
-                    path.unlink(missing_ok=True)
-            table.put(row)
+            if row["status"] == "failed":
+                if replace:  # asked to replace this case's files, which the failed row no longer describes
+                    for path in CaseOutputs.for_case(out_dir, item.case).all():
+                        path.unlink(missing_ok=True)
+                table.put(row)
             rows.append(table.rows[item.case])
             reporter.case_done(item.case, row["status"], row["error"], row["seconds"])
     finally:

@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .atomic import stop_signals_interrupt
 from .errors import LiverVolumetryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
-        return args.func(args)
+        with stop_signals_interrupt():  # `timeout`, SLURM, a closed terminal: cleaned up as after Ctrl-C
+            return args.func(args)
     except LiverVolumetryError as error:
         print(f"livervolumetry: error: {error}", file=sys.stderr)
         return EXIT_FAILED
