@@ -81,6 +81,15 @@ def _check_geometry_fields(path: Path, fields: dict[str, str]) -> None:
         if not finite:
             raise InputError(path, f"has a header field {key} that is not finite numbers ({fields[key]!r}): its "
                                    "geometry is unknown")
+    try:
+        ndims = int(fields.get("ndims", ""))
+    except ValueError:
+        return  # the reader says why
+    for key in ("dimsize", *_GEOMETRY_FIELDS):
+        wanted = ndims * ndims if key in ("transformmatrix", "rotation", "orientation") else ndims
+        if key in fields and len(fields[key].split()) != wanted:  # MetaIO would print its complaints to stderr
+            raise InputError(path, f"has a malformed header: {key} has {len(fields[key].split())} values, NDims "
+                                   f"{ndims} needs {wanted}")
 
 
 def _decompressed_size(data: Path, offset: int, limit: int) -> int | None:

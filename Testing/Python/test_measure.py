@@ -187,7 +187,7 @@ def liver_case() -> tuple[sitk.Image, sitk.Image]:
     centres = physical_centres(grid)
     centre = centres[11, 26, 30]
     liver = ellipsoid_mask(grid, centre, (30.0, 25.0, 28.0))
-    body = sitk.GetArrayViewFromImage(ellipsoid_mask(grid, centre, (42.0, 36.0, 60.0))) > 0
+    body = sitk.GetArrayFromImage(ellipsoid_mask(grid, centre, (42.0, 36.0, 60.0))) > 0
     rng = np.random.default_rng(7)
     texture = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(
         from_array(rng.normal(size=body.shape).astype(np.float32), grid), 2.5))
