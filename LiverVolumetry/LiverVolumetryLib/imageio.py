@@ -288,6 +288,8 @@ def _read_file(path: Path) -> sitk.Image:
     _check_direction(path, reader.GetDirection())
     _check_origin(path, reader.GetOrigin())
     _check_memory(path, size)
+    if reader.GetPixelID() == sitk.sitkFloat64:
+        return _as_float32(path, _read_float64(reader, path))
     reader.SetOutputPixelType(sitk.sitkFloat32)
     if image_suffix(path) not in (".nii", ".nii.gz"):
         return _execute(reader, path)
@@ -298,6 +300,26 @@ def _read_file(path: Path) -> sitk.Image:
         image = _execute(reader, path)
         finite.result()  # raises its InputError
     return image
+
+
+def _read_float64(reader: sitk.ImageFileReader, path: Path) -> sitk.Image:
+    """A float64 file as stored, NaN and infinity included (NIfTI's are checked in the file:
+    ITK's reader turns them into 0)."""
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_finite(path)
+    return _execute(reader, path)
+
+
+def _as_float32(path: Path, image: sitk.Image) -> sitk.Image:
+    """``image`` as float32, refusing finite values beyond its range (they would become
+    infinite and be reported as such)."""
+    array = sitk.GetArrayViewFromImage(image)
+    finite = array[np.isfinite(array)]
+    largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if largest > float(np.finfo(np.float32).max):
+        raise InputError(path, f"has voxel values beyond the float32 range (largest magnitude {largest:.3g}); "
+                               "rescale the image first")
+    return sitk.Cast(image, sitk.sitkFloat32)
 
 
 def _read_dicom(folder: Path, series_uid: str | None) -> sitk.Image:

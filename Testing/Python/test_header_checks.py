@@ -188,3 +188,13 @@ def test_a_metaimage_header_with_too_few_values_is_refused_without_metaio_noise(
     path = _mhd(tmp_path, "ElementSpacing = 1.5 1.5\n")
     _refused(path, "has a malformed header: elementspacing has 2 values, NDims 3 needs 3")
     assert capfd.readouterr().err == ""
+
+
+def test_float64_values_beyond_float32_are_named_as_such_not_as_infinite(tmp_path):
+    array = sitk.GetArrayFromImage(_scan()).astype(np.float64) * 1e38
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.5, 4.0))
+    sitk.WriteImage(image, str(tmp_path / "huge.nrrd"))
+    _refused(tmp_path / "huge.nrrd", "has voxel values beyond the float32 range")  # was: "NaN or infinite values"
+    sitk.WriteImage(sitk.GetImageFromArray(array / 1e38), str(tmp_path / "plain.nrrd"))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(read_image(tmp_path / "plain.nrrd")), array / 1e38, rtol=1e-6)
