@@ -77,7 +77,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
 def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
     """Write a text file atomically (UTF-8)."""
     with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        # backslashreplace: a name that is not UTF-8 (a surrogate in an error text) must not fail the write
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 #: Signals that stop a command-line run: Ctrl-C, and what `timeout`, SLURM, `docker stop`

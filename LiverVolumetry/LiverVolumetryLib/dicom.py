@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import NOT_UTF8_CAUSE, InputError, name_is_not_utf8
 
 _DESCRIPTION_TAG = "0008|103e"
+_CHARSET_TAG = "0008|0005"
+_PIXEL_SPACING_TAG = "0028|0030"
 _POSITION_TAG = "0020|0032"
 _ORIENTATION_TAG = "0020|0037"
 
@@ -92,8 +94,33 @@ def _file_header(folder: Path, file_name: str) -> sitk.ImageFileReader:
 def _series_description(folder: Path, first_file: str) -> str:
     """SeriesDescription (0008|103e) of a series from its first file, '' when absent."""
     reader = _file_header(folder, first_file)
-    has = reader.HasMetaDataKey(_DESCRIPTION_TAG)
-    return reader.GetMetaData(_DESCRIPTION_TAG).strip() if has else ""
+    if not reader.HasMetaDataKey(_DESCRIPTION_TAG):
+        return ""
+    text = reader.GetMetaData(_DESCRIPTION_TAG)
+    charset = reader.GetMetaData(_CHARSET_TAG) if reader.HasMetaDataKey(_CHARSET_TAG) else ""
+    return dicom_text(text, charset).strip()
+
+
+#: Python codecs of the single-byte DICOM character sets (SpecificCharacterSet, 0008,0005).
+_CHARSETS = {"ISO_IR 100": "latin-1", "ISO_IR 101": "iso8859-2", "ISO_IR 109": "iso8859-3",
+             "ISO_IR 110": "iso8859-4", "ISO_IR 144": "iso8859-5", "ISO_IR 127": "iso8859-6",
+             "ISO_IR 126": "iso8859-7", "ISO_IR 138": "iso8859-8", "ISO_IR 148": "iso8859-9",
+             "ISO_IR 203": "iso8859-15", "ISO_IR 166": "tis-620", "ISO_IR 13": "shift_jis", "GB18030": "gb18030",
+             "GBK": "gbk", "ISO_IR 192": "utf-8"}
+
+
+def dicom_text(text: str, charset: str) -> str:
+    """A DICOM string value as ITK gave it (its bytes decoded as UTF-8, undecodable bytes
+    kept as surrogates) in its SpecificCharacterSet; Latin-1 when that is unknown and the
+    bytes are not UTF-8 (the commonest case on European scanners)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    names = [_CHARSETS.get(part.strip().upper()) for part in charset.split("\\") if part.strip()]
+    for codec in [n for n in names if n] + ["utf-8", "latin-1"]:
+        try:
+            return raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1")
 
 
 def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
@@ -101,6 +128,16 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "does not exist" if not folder.exists() else "is not a folder")
+    if name_is_not_utf8(folder):
+        raise InputError(folder, NOT_UTF8_CAUSE)
+    try:
+        with os.scandir(folder) as entries:
+            odd = next((entry.name for entry in entries if name_is_not_utf8(entry.name)), None)
+    except OSError as error:
+        raise InputError(folder, f"cannot be listed ({error.strerror or error})") from None
+    if odd is not None:
+        raise InputError(folder, f"holds a file whose name is not valid UTF-8 text ({odd!r}), which the DICOM "
+                                 "reader cannot take; rename it")
     try:
         with quiet_itk():
             uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -210,7 +247,7 @@ def check_slice_positions(folder: str | os.PathLike, reader: sitk.ImageSeriesRea
     if n != n_files:
         return
     names = [Path(f).name for f in reader.GetFileNames()]
-    points, orientations = [], []
+    points, orientations, pixels = [], [], []
     for i in range(n):
         point = _tag_vector(reader, i, _POSITION_TAG, 3)
         orientation = _tag_vector(reader, i, _ORIENTATION_TAG, 6)
@@ -219,6 +256,14 @@ def check_slice_positions(folder: str | os.PathLike, reader: sitk.ImageSeriesRea
                                      "ImageOrientationPatient; the slice positions are unknown")
         points.append(point)
         orientations.append(orientation)
+        pixels.append(_tag_vector(reader, i, _PIXEL_SPACING_TAG, 2))
+    known = [(i, v) for i, v in enumerate(pixels) if v is not None]
+    odd = next((i for i, v in known if np.any(np.abs(v - known[0][1]) > 1e-4 * known[0][1])), None)
+    if odd is not None:  # ITK would take the first slice's for all: every volume wrong
+        first, other = known[0][1], pixels[odd]
+        raise InputError(folder, f"has slices of different pixel spacing in one series ({names[odd]}: "
+                                 f"{other[0]:g} x {other[1]:g} mm, {names[known[0][0]]}: {first[0]:g} x "
+                                 f"{first[1]:g} mm); it is not one volume")
     differs = np.max(np.abs(np.array(orientations) - orientations[0]), axis=1) > 1e-3
     if np.any(differs):
         raise InputError(folder, f"has slices of different orientations in one series ("

@@ -45,3 +45,18 @@ class CancelledError(LiverVolumetryError):
 
     def __init__(self, message: str = "cancelled by the user"):
         super().__init__(message)
+
+
+def name_is_not_utf8(path: str | os.PathLike) -> bool:
+    """Whether a file name's bytes are not UTF-8 (e.g. Latin-1 from an old CD or ZIP
+    export): ITK cannot take such a name (it aborts the whole process)."""
+    try:
+        os.fsencode(os.fspath(path)).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+#: The cause given for such a name.
+NOT_UTF8_CAUSE = "its name is not valid UTF-8 text (e.g. a Latin-1 name from an old export); rename it"
+

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from .dicom import (DicomSeries, choose_series, list_dicom_series, no_series_error, quiet_itk, read_series,
                     read_series_header)
 from .dicom import sitk_reason as _sitk_reason
-from .errors import InputError
+from .errors import NOT_UTF8_CAUSE, InputError, name_is_not_utf8
 from .metafile import check_metaimage_complete
 from .niftifile import (check_nifti_complete, check_nifti_finite, check_nifti_gzip, check_nifti_orientation,
                         check_nifti_pixdim, check_nifti_sform)
@@ -235,6 +235,8 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
     """A reader with the header of ``path`` read (missing/corrupt/unsupported refused)."""
     if not path.exists():
         raise InputError(path, "does not exist")
+    if name_is_not_utf8(path):
+        raise InputError(path, NOT_UTF8_CAUSE)
     if not path.is_file():
         raise InputError(path, "is not a regular file")
     if not os.access(path, os.R_OK):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dicom import choose_series, list_dicom_series, matching_series
-from .errors import InputError
+from .errors import NOT_UTF8_CAUSE, InputError, name_is_not_utf8
 from .imageio import IMAGE_SUFFIXES, case_id, image_suffix
 
 _IMAGE_COLUMNS = ("image", "path")
@@ -285,5 +285,7 @@ def collect_inputs(arguments: Sequence[str | os.PathLike],
         cases.extend(_cases_from_argument(argument, series_uid))
     if not cases:
         raise InputError(None, "no input images given")
+    if odd := next((case for case in cases if name_is_not_utf8(case.path)), None):
+        raise InputError(odd.path, NOT_UTF8_CAUSE)  # before any work: ITK would abort the whole run on it
     _check_unique(cases)
     return cases

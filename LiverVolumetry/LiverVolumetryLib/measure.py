@@ -86,6 +86,9 @@ def _grid_differences(image: sitk.Image, mask: sitk.Image) -> list[str]:
 
 def _check_inputs(image: sitk.Image, mask: sitk.Image) -> None:
     """Raise InputError unless image and mask are 3D scalar images on the same grid."""
+    for name, value in (("image", image), ("mask", mask)):
+        if not isinstance(value, sitk.Image):  # e.g. a file name: read it with read_image / read_mask
+            raise InputError(None, f"expected a SimpleITK image as the {name}, got {type(value).__name__}")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(None, f"image must be a 3D scalar image, got {image.GetDimension()}D with "
                                f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel")

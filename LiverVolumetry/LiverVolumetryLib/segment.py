@@ -194,6 +194,9 @@ def _check_image(image: sitk.Image) -> None:
         raise InputError(None, f"a 3D volume is needed (size {'x'.join(map(str, image.GetSize()))})")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(None, "a single-component (scalar) image is needed")
+    from .imageio import validate_image
+
+    validate_image(image, None)  # as for a file: NaN, constant, label map, sheared or far-off grid
 
 
 def _check_network_memory(image: sitk.Image, spacing) -> None:
