@@ -2,8 +2,9 @@
 
 An argument is an image file, a folder, or a CSV manifest. No pixel data is read here
 (only directory listings, 132-byte DICOM magic checks and the CSV; the DICOM headers of a
-DICOM folder argument or manifest row, and with a series chosen those of sub-folders), so this is fast
-even for large batches; each case is fully checked later when it is read.
+DICOM folder argument or manifest row, and with a series chosen those of sub-folders; else one
+header per DICOM folder, to find a series split over folders), so this is fast even for large
+batches; each case is fully checked later when it is read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dicom import choose_series, list_dicom_series, matching_series
+import SimpleITK as sitk
+
+from .dicom import choose_series, list_dicom_series, matching_series, quiet_itk
 from .errors import NOT_UTF8_CAUSE, InputError, name_is_not_utf8
 from .imageio import IMAGE_SUFFIXES, case_id, image_suffix
 
@@ -257,6 +260,38 @@ def _cases_from_argument(argument: str | os.PathLike, series_uid: str | None) ->
     return [InputCase(case_id(path), path)]
 
 
+def _first_series_uid(folder: Path) -> str | None:
+    """The SeriesInstanceUID of the first DICOM file directly in ``folder`` (one header
+    read), or None when it cannot be told."""
+    try:
+        with os.scandir(folder) as entries:
+            first = min((e.path for e in entries if looks_like_dicom_file(e.path)), key=_natural_key, default=None)
+        if first is None:
+            return None
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(first)
+        with quiet_itk():
+            reader.ReadImageInformation()
+        return reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else None
+    except (OSError, RuntimeError):
+        return None  # reading the case says why
+
+
+def _check_split_series(cases: Sequence[InputCase]) -> None:
+    """Refuse one DICOM series found in two case folders (its files split over folders, or
+    a study copied twice): each would be a partial or repeated volume, counted as a patient."""
+    seen: dict[str, InputCase] = {}
+    for case in cases:
+        if not case.path.is_dir() or case.series_uid is not None:  # a chosen series: checked when read
+            continue
+        uid = _first_series_uid(case.path)
+        if uid and uid in seen:
+            raise InputError(case.path, f"holds DICOM series {uid}, as {seen[uid].path} does (one series split "
+                                        "over folders, or a copy): put its files in one folder, or leave the copy out")
+        if uid:
+            seen[uid] = case
+
+
 def _check_unique(cases: Sequence[InputCase]) -> None:
     """Refuse two cases with the same name (case-insensitively): same output files."""
     seen: dict[str, InputCase] = {}
@@ -288,4 +323,5 @@ def collect_inputs(arguments: Sequence[str | os.PathLike],
     if odd := next((case for case in cases if name_is_not_utf8(case.path)), None):
         raise InputError(odd.path, NOT_UTF8_CAUSE)  # before any work: ITK would abort the whole run on it
     _check_unique(cases)
+    _check_split_series(cases)
     return cases

@@ -117,3 +117,20 @@ def test_measure_given_a_file_name_says_it_wants_an_image():
     image, mask = ellipsoid_image(size=(20, 20, 12), spacing=(2.0, 2.0, 2.0), radii=(8.0, 7.0, 5.0))
     with pytest.raises(InputError, match="expected a SimpleITK image as the image, got str"):
         measure("scan.nii.gz", mask, radiomics=False)
+
+
+def test_one_dicom_series_split_over_two_folders_is_refused_before_any_work(tmp_path):
+    # Before, odd/ and even/ slices of one series were two cases at twice the slice gap,
+    # both "ok", the patient counted twice.
+    from LiverVolumetryLib.inputs import collect_inputs
+
+    uid = "1.2.826.0.1.3680043.8.498.5"
+    write_dicom_series(make_volume(shape=(6, 6, 7)), tmp_path / "study" / "odd", uid)
+    for path in sorted((tmp_path / "study" / "odd").iterdir())[1::2]:
+        (tmp_path / "study" / "even").mkdir(exist_ok=True)
+        path.rename(tmp_path / "study" / "even" / path.name)
+    write_dicom_series(make_volume(shape=(6, 6, 7)), tmp_path / "study" / "other", uid + ".1")
+    with pytest.raises(InputError, match=f"odd: holds DICOM series {uid}, as .*even does \\(one series split"):
+        collect_inputs([tmp_path / "study"])
+    assert [c.case for c in collect_inputs([tmp_path / "study" / "odd", tmp_path / "study" / "other"])] == [
+        "odd", "other"]
