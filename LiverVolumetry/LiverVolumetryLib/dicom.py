@@ -280,13 +280,34 @@ def check_slice_positions(folder: str | os.PathLike, reader: sitk.ImageSeriesRea
     median = float(np.median(gaps))
     if np.max(np.abs(gaps - median)) > max(0.05 * median, 0.01):
         raise InputError(folder, f"has unevenly spaced slices (gaps from {gaps.min():.3g} to "
-                                 f"{gaps.max():.3g} mm; missing slices?)")
+                                 f"{gaps.max():.3g} mm; missing slices?{_unread_files_text(folder)})")
     drift = np.linalg.norm((points - points[0]) - np.outer(along - along[0], normal), axis=1)
     shear = float(np.max(drift)) / (float(np.ptp(along)) + 1e-9)
     if shear > _MAX_SHEAR:
         raise InputError(folder, f"has a sheared slice stack: slice positions drift "
                                  f"{math.degrees(math.atan(shear)):.2g} degrees off the slice normal "
                                  "(gantry tilt?); resample it onto an orthogonal grid first")
+
+
+def _unread_files_text(folder: str | os.PathLike) -> str:
+    """'' or ' N file(s) there look like DICOM but are in no series (unreadable?): ...', for
+    the message of a series with a gap: GDCM drops an empty or damaged slice silently."""
+    try:
+        listed = {os.path.abspath(f) for s in list_dicom_series(folder) for f in s.files}
+        with os.scandir(folder) as entries:
+            files = [e for e in entries if e.is_file() and not e.name.startswith(".")]
+        unread = sorted(e.name for e in files if os.path.abspath(e.path) not in listed
+                        and (e.stat().st_size == 0 or e.name.lower().endswith(".dcm") or _has_dicm(e.path)))
+    except (OSError, InputError):
+        return ""
+    shown = ", ".join(unread[:3]) + (", ..." if len(unread) > 3 else "")
+    return f" {len(unread)} file(s) there look like DICOM but are in no series (unreadable?): {shown}" if unread else ""
+
+
+def _has_dicm(path: str) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return head[128:132] == b"DICM"
 
 
 def _read_error(folder: str | os.PathLike, error: RuntimeError) -> InputError:

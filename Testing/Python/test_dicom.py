@@ -351,3 +351,14 @@ def test_a_chosen_series_keeps_only_the_folders_that_hold_it_in_a_tree_of_studie
         ["p2_s1"]
     with pytest.raises(InputError, match="no DICOM folder below it holds a series with UID or description 'T1 fs'"):
         collect_inputs([tmp_path / "studies"], series_uid="T1 fs")
+
+
+def test_an_empty_slice_file_is_named_in_the_gap_message(tmp_path):
+    # GDCM drops an empty or damaged slice silently: the gap was reported without the file.
+    folder = tmp_path / "series"
+    write_dicom_series(make_volume(shape=(6, 6, 7)), folder, "1.2.826.0.1.3680043.8.498.6")
+    empty = sorted(folder.iterdir())[3]
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=f"missing slices\\? 1 file\\(s\\) there look like DICOM but are in no series "
+                                         f"\\(unreadable\\?\\): {empty.name}"):
+        read_image(folder)
