@@ -49,6 +49,14 @@ def ellipsoid_image(size=(48, 40, 20), spacing=(4.0, 4.5, 9.0), direction=None, 
     return out, mask
 
 
+def write_ellipsoid_scan(path: Path) -> Path:
+    """A small 2 mm scan of a bright ellipsoid (fast to segment) written to ``path``."""
+    image, _ = ellipsoid_image(size=(40, 40, 24), spacing=(2.0, 2.0, 2.0), radii=(18.0, 14.0, 12.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A valid bundle with a tiny random-weight UNet (fast; its output is meaningless)."""

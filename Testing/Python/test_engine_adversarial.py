@@ -129,12 +129,18 @@ def test_seg_nrrd_measures_only_its_liver_segment(tmp_path, layers):
     np.testing.assert_array_equal(mask, liver.astype(np.uint8))
 
 
-def test_seg_nrrd_with_several_segments_and_no_liver_is_refused(tmp_path):
+def _image_and_two_boxes() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """A small image and two disjoint boxes (i, j, k arrays) to be its two segments."""
     image = _small_image()
     a = np.zeros(image.GetSize(), bool)
     a[2:6, 2:6, 2:5] = True
     b = np.zeros_like(a)
     b[8:11, 3:7, 1:4] = True
+    return image, a, b
+
+
+def test_seg_nrrd_with_several_segments_and_no_liver_is_refused(tmp_path):
+    image, a, b = _image_and_two_boxes()
     path = _segmentation(tmp_path, "noliver.seg.nrrd", image, a, b, names=("Segment_1", "Segment_2"))
     with pytest.raises(InputError) as caught:
         read_mask(path, reference=image)
@@ -146,11 +152,7 @@ def test_seg_nrrd_with_several_segments_and_no_liver_is_refused(tmp_path):
 def test_seg_nrrd_with_two_segments_named_liver_is_refused(tmp_path):
     # Before, the first one was measured without a word (e.g. an automatic 'Liver' and a
     # hand-drawn 'liver' copy): which one the table held depended on the segment order.
-    image = _small_image()
-    a = np.zeros(image.GetSize(), bool)
-    a[2:6, 2:6, 2:5] = True
-    b = np.zeros_like(a)
-    b[8:11, 3:7, 1:4] = True
+    image, a, b = _image_and_two_boxes()
     path = _segmentation(tmp_path, "twolivers.seg.nrrd", image, a, b, names=("Liver", "liver"))
     with pytest.raises(InputError) as caught:
         read_mask(path, reference=image)

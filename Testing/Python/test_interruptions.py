@@ -11,19 +11,14 @@ import signal
 from pathlib import Path
 
 import pytest
-import SimpleITK as sitk
-from conftest import ellipsoid_image
+from conftest import write_ellipsoid_scan
 
 from LiverVolumetryLib.cli import main
 
 
 @pytest.fixture()
 def scan(tmp_path) -> Path:
-    image, _ = ellipsoid_image(size=(40, 40, 24), spacing=(2.0, 2.0, 2.0), radii=(18.0, 14.0, 12.0))
-    path = tmp_path / "scans" / "case.nii.gz"
-    path.parent.mkdir()
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_ellipsoid_scan(tmp_path / "scans" / "case.nii.gz")
 
 
 def _segment(scan: Path, out: Path) -> int:

@@ -17,7 +17,7 @@ from LiverVolumetryLib.errors import InputError, OutputError
 from LiverVolumetryLib.masks import read_mask
 from LiverVolumetryTraining.cli import main as trainer
 
-from conftest import ellipsoid_image
+from conftest import ellipsoid_image, write_ellipsoid_scan
 
 
 def _one_line(capsys, prog: str, *words: str) -> None:
@@ -29,11 +29,7 @@ def _one_line(capsys, prog: str, *words: str) -> None:
 
 @pytest.fixture()
 def scan(tmp_path) -> Path:
-    image, _ = ellipsoid_image(size=(40, 40, 24), spacing=(2.0, 2.0, 2.0), radii=(18.0, 14.0, 12.0))
-    path = tmp_path / "scans" / "good.nii.gz"
-    path.parent.mkdir()
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_ellipsoid_scan(tmp_path / "scans" / "good.nii.gz")
 
 
 @pytest.mark.parametrize("obstacle, says", [

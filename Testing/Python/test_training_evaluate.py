@@ -294,8 +294,9 @@ def test_cli_evaluate_bad_entry_is_one_line_error(cases, tmp_path, capsys, probl
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_evaluate_multi_label_predictions_need_the_liver_label(cases, tmp_path, capsys):
-    """Masks from another tool (TotalSegmentator: liver 5) beside a second organ (2)."""
+def _label_map_predictions(cases: Path, tmp_path: Path, liver_values=(5, 5)) -> tuple[Path, Path]:
+    """Cases 0 and 1 with predictions as label maps of another tool: the liver as
+    ``liver_values[k]`` (0: missed) beside a second organ, label 2. Returns (data, predictions)."""
     data, predictions = tmp_path / "data", tmp_path / "pred"
     data.mkdir()
     predictions.mkdir()
@@ -303,11 +304,17 @@ def test_cli_evaluate_multi_label_predictions_need_the_liver_label(cases, tmp_pa
         for kind in ("image", "label"):
             (data / f"{kind}_{k}.nii.gz").symlink_to(cases / "data" / f"{kind}_{k}.nii.gz")
         reference = sitk.ReadImage(str(cases / "data" / f"label_{k}.nii.gz"))
-        organs = sitk.GetArrayFromImage(reference).astype(np.uint8) * 5
+        organs = sitk.GetArrayFromImage(reference).astype(np.uint8) * liver_values[k]
         organs[0, :4, :4] = 2
         labels = sitk.GetImageFromArray(organs)
         labels.CopyInformation(reference)
         sitk.WriteImage(labels, str(predictions / f"{k}.nii.gz"))
+    return data, predictions
+
+
+def test_cli_evaluate_multi_label_predictions_need_the_liver_label(cases, tmp_path, capsys):
+    """Masks from another tool (TotalSegmentator: liver 5) beside a second organ (2)."""
+    data, predictions = _label_map_predictions(cases, tmp_path)
     out = tmp_path / "out"
     arguments = ["evaluate", "--data", str(data), "--predictions", str(predictions), "--no-radiomics", "-o", str(out)]
     assert main(arguments) == 1
@@ -325,18 +332,7 @@ def test_cli_evaluate_multi_label_predictions_need_the_liver_label(cases, tmp_pa
 def test_cli_evaluate_a_prediction_that_missed_the_liver_label_is_an_empty_mask(cases, tmp_path, capsys):
     # A label map that holds other organs but not the liver (label 5) is a failed
     # segmentation, Dice 0, not an error stopping the whole cohort.
-    data, predictions = tmp_path / "data", tmp_path / "pred"
-    data.mkdir()
-    predictions.mkdir()
-    for k in (0, 1):
-        for kind in ("image", "label"):
-            (data / f"{kind}_{k}.nii.gz").symlink_to(cases / "data" / f"{kind}_{k}.nii.gz")
-        reference = sitk.ReadImage(str(cases / "data" / f"label_{k}.nii.gz"))
-        organs = sitk.GetArrayFromImage(reference).astype(np.uint8) * (5 if k == 0 else 0)
-        organs[0, :4, :4] = 2
-        labels = sitk.GetImageFromArray(organs)
-        labels.CopyInformation(reference)
-        sitk.WriteImage(labels, str(predictions / f"{k}.nii.gz"))
+    data, predictions = _label_map_predictions(cases, tmp_path, liver_values=(5, 0))
     out = tmp_path / "out"
     assert main(["evaluate", "--data", str(data), "--predictions", str(predictions), "--no-radiomics",
                  "--prediction-label", "5", "-o", str(out)]) == 0, capsys.readouterr().err
