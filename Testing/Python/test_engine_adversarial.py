@@ -139,25 +139,19 @@ def _image_and_two_boxes() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
     return image, a, b
 
 
-def test_seg_nrrd_with_several_segments_and_no_liver_is_refused(tmp_path):
-    image, a, b = _image_and_two_boxes()
-    path = _segmentation(tmp_path, "noliver.seg.nrrd", image, a, b, names=("Segment_1", "Segment_2"))
-    with pytest.raises(InputError) as caught:
-        read_mask(path, reference=image)
-    message = str(caught.value)
-    assert message.startswith(f"{path}: ") and "\n" not in message
-    assert "Segment_1" in message and "Liver" in message
-
-
-def test_seg_nrrd_with_two_segments_named_liver_is_refused(tmp_path):
+@pytest.mark.parametrize("names, says", [
+    (("Segment_1", "Segment_2"), "holds 2 segments ('Segment_1', 'Segment_2') and none is named 'Liver'"),
     # Before, the first one was measured without a word (e.g. an automatic 'Liver' and a
     # hand-drawn 'liver' copy): which one the table held depended on the segment order.
+    (("Liver", "liver"), "holds 2 segments named 'Liver' ('Liver', 'liver')"),
+], ids=["no_liver", "two_livers"])
+def test_seg_nrrd_without_one_clear_liver_segment_is_refused(tmp_path, names, says):
     image, a, b = _image_and_two_boxes()
-    path = _segmentation(tmp_path, "twolivers.seg.nrrd", image, a, b, names=("Liver", "liver"))
+    path = _segmentation(tmp_path, "two.seg.nrrd", image, a, b, names=names)
     with pytest.raises(InputError) as caught:
         read_mask(path, reference=image)
     message = str(caught.value)
-    assert message.startswith(f"{path}: holds 2 segments named 'Liver' ('Liver', 'liver')") and "\n" not in message
+    assert message.startswith(f"{path}: {says}") and "\n" not in message, message
 
 
 # ------------------------------------------------------------ truncated MetaImage
