@@ -90,7 +90,8 @@ def _mhd(tmp_path: Path, lines: str) -> Path:
 
 
 @pytest.mark.parametrize("lines, says", [
-    ("ElementSpacing = 1.5 1.5 4\nTransformMatrix = 2 0 0 0 2 0 0 0 2\n", "axes are not unit vectors (lengths 2, 2, 2)"),
+    ("ElementSpacing = 1.5 1.5 4\nTransformMatrix = 2 0 0 0 2 0 0 0 2\n",
+     "axes are not unit vectors (lengths 2, 2, 2)"),
     ("", "has no voxel size"),
     ("ElementSpacing = 1.5 1.5 nan\n", "elementspacing that is not finite numbers"),
     ("ElementSpacing = 1.5 1.5 4\nOffset = nan 0 0\n", "offset that is not finite numbers"),
