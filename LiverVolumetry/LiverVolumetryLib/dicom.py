@@ -82,6 +82,7 @@ def quiet_itk() -> Iterator[None]:
 def _file_header(folder: Path, file_name: str) -> sitk.ImageFileReader:
     """A reader with the header of one DICOM file of ``folder`` read."""
     reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")  # ITK's own choice for DICOM, and it reads files without the preamble
     reader.SetFileName(file_name)
     try:
         reader.ReadImageInformation()
@@ -332,6 +333,7 @@ def read_series(folder: str | os.PathLike, series: DicomSeries) -> sitk.Image:
     InputError naming ``folder``.
     """
     reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
     reader.SetFileNames(list(series.files))
     reader.SetOutputPixelType(sitk.sitkFloat32)
     reader.MetaDataDictionaryArrayUpdateOn()

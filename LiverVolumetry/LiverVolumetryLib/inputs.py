@@ -45,9 +45,21 @@ class InputCase:
     series_uid: str | None = None
 
 
+#: How a DICOM file without its 128-byte preamble starts: its file meta group length
+#: (0002,0000) UL 4, or, where that is left out, (0002,0001) OB. Exact, so that raw voxel
+#: data (a .mhd's .raw) is never taken for DICOM.
+_META_STARTS = (b"\x02\x00\x00\x00UL\x04\x00", b"\x02\x00\x01\x00OB\x00\x00")
+
+
+def _starts_like_dicom(head: bytes) -> bool:
+    """Whether a file without the 128-byte preamble starts with a DICOM file meta group."""
+    return head[:8] in _META_STARTS
+
+
 def looks_like_dicom_file(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a DICOM Part-10 file (``DICM`` magic at byte 128) or ends in
-    ``.dcm``. DICOMDIR index files and hidden files are not image files."""
+    """True if ``path`` is a DICOM Part-10 file (``DICM`` magic at byte 128), ends in
+    ``.dcm``, or starts as DICOM data without the preamble (some older exports).
+    DICOMDIR index files and hidden files are not image files."""
     p = Path(path)
     if p.name.startswith(".") or p.name.upper() == "DICOMDIR" or not p.is_file():
         return False
@@ -60,7 +72,7 @@ def looks_like_dicom_file(path: str | os.PathLike) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return (len(head) == 132 and head[128:132] == b"DICM") or _starts_like_dicom(head)
 
 
 def folder_holds_dicom(folder: str | os.PathLike) -> bool:
@@ -269,6 +281,7 @@ def _first_series_uid(folder: Path) -> str | None:
         if first is None:
             return None
         reader = sitk.ImageFileReader()
+        reader.SetImageIO("GDCMImageIO")  # also for files without the 128-byte preamble
         reader.SetFileName(first)
         with quiet_itk():
             reader.ReadImageInformation()

@@ -362,3 +362,27 @@ def test_an_empty_slice_file_is_named_in_the_gap_message(tmp_path):
     with pytest.raises(InputError, match=f"missing slices\\? 1 file\\(s\\) there look like DICOM but are in no series "
                                          f"\\(unreadable\\?\\): {empty.name}"):
         read_image(folder)
+
+
+def test_a_series_of_files_without_preamble_or_suffix_is_read(tmp_path):
+    # Some older exports drop the 128-byte preamble and "DICM"; GDCM reads them, but the
+    # folder was taken for one without DICOM ("holds no image files").
+    volume = make_volume(shape=(5, 6, 7))
+    folder = tmp_path / "series"
+    write_dicom_series(volume, folder, "1.2.826.0.1.3680043.8.498.9")
+    expected = read_image(folder)
+    for path in sorted(folder.iterdir()):
+        (folder / path.stem).write_bytes(path.read_bytes()[132:])
+        path.unlink()
+    image = read_image(folder)
+    assert_same_geometry(image, expected)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))
+    assert dicom.list_dicom_series(folder)[0].n_files == 5  # one file per slice (numpy order: z first)
+
+
+def test_raw_voxel_data_is_not_taken_for_dicom_without_preamble(tmp_path):
+    from LiverVolumetryLib.inputs import looks_like_dicom_file
+
+    (tmp_path / "data.raw").write_bytes(b"\x08\x00\x05\x00\x0a\x00\x00\x00" + bytes(200))  # int16 voxels 8, 5, 10
+    (tmp_path / "meta").write_bytes(b"\x02\x00\x00\x00UL\x04\x00" + bytes(200))
+    assert not looks_like_dicom_file(tmp_path / "data.raw") and looks_like_dicom_file(tmp_path / "meta")
