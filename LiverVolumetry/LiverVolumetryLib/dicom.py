@@ -79,7 +79,7 @@ def quiet_itk() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _file_header(folder: Path, file_name: str) -> sitk.ImageFileReader:
+def dicom_file_header(folder: Path, file_name: str) -> sitk.ImageFileReader:
     """A reader with the header of one DICOM file of ``folder`` read."""
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")  # ITK's own choice for DICOM, and it reads files without the preamble
@@ -94,7 +94,7 @@ def _file_header(folder: Path, file_name: str) -> sitk.ImageFileReader:
 
 def _series_description(folder: Path, first_file: str) -> str:
     """SeriesDescription (0008|103e) of a series from its first file, '' when absent."""
-    reader = _file_header(folder, first_file)
+    reader = dicom_file_header(folder, first_file)
     if not reader.HasMetaDataKey(_DESCRIPTION_TAG):
         return ""
     text = reader.GetMetaData(_DESCRIPTION_TAG)
@@ -209,7 +209,7 @@ def read_series_header(folder: str | os.PathLike, series: DicomSeries) -> Series
     SimpleITK cannot show their per-frame positions, and GDCM stacks e.g. two echoes of
     an enhanced MR file into one double-length volume, so their geometry cannot be checked."""
     folder = Path(folder)
-    first = _file_header(folder, series.files[0])
+    first = dicom_file_header(folder, series.files[0])
     size = tuple(int(s) for s in first.GetSize())
     name = Path(series.files[0]).name
     if len(size) > 2 and size[2] > 1:
@@ -293,22 +293,18 @@ def check_slice_positions(folder: str | os.PathLike, reader: sitk.ImageSeriesRea
 def _unread_files_text(folder: str | os.PathLike) -> str:
     """'' or ' N file(s) there look like DICOM but are in no series (unreadable?): ...', for
     the message of a series with a gap: GDCM drops an empty or damaged slice silently."""
+    from .inputs import looks_like_dicom_file  # inputs builds on this module
+
     try:
         listed = {os.path.abspath(f) for s in list_dicom_series(folder) for f in s.files}
         with os.scandir(folder) as entries:
             files = [e for e in entries if e.is_file() and not e.name.startswith(".")]
         unread = sorted(e.name for e in files if os.path.abspath(e.path) not in listed
-                        and (e.stat().st_size == 0 or e.name.lower().endswith(".dcm") or _has_dicm(e.path)))
+                        and (e.stat().st_size == 0 or looks_like_dicom_file(e.path)))
     except (OSError, InputError):
         return ""
     shown = ", ".join(unread[:3]) + (", ..." if len(unread) > 3 else "")
     return f" {len(unread)} file(s) there look like DICOM but are in no series (unreadable?): {shown}" if unread else ""
-
-
-def _has_dicm(path: str) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(132)
-    return head[128:132] == b"DICM"
 
 
 def _read_error(folder: str | os.PathLike, error: RuntimeError) -> InputError:

@@ -16,9 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from .dicom import choose_series, list_dicom_series, matching_series, quiet_itk
+from .dicom import choose_series, dicom_file_header, list_dicom_series, matching_series
 from .errors import NOT_UTF8_CAUSE, InputError, name_is_not_utf8
 from .imageio import IMAGE_SUFFIXES, case_id, image_suffix
 
@@ -280,13 +278,9 @@ def _first_series_uid(folder: Path) -> str | None:
             first = min((e.path for e in entries if looks_like_dicom_file(e.path)), key=_natural_key, default=None)
         if first is None:
             return None
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("GDCMImageIO")  # also for files without the 128-byte preamble
-        reader.SetFileName(first)
-        with quiet_itk():
-            reader.ReadImageInformation()
+        reader = dicom_file_header(folder, first)
         return reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else None
-    except (OSError, RuntimeError):
+    except (OSError, InputError):
         return None  # reading the case says why
 
 
