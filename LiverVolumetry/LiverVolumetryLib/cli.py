@@ -81,7 +81,7 @@ def cmd_measure(args) -> int:
     from .batch import CaseOutputs, ResultsTable
     from .errors import InputError, OutputError
     from .imageio import case_id, read_image, series_uid_of
-    from .masks import read_mask
+    from .masks import read_mask, segment_name_warnings
     from .measure import measure
     from .plausibility import plausibility_warnings
     from .reporting import make_reporter
@@ -110,7 +110,8 @@ def cmd_measure(args) -> int:
     row = {"case": case, "input": os.path.abspath(args.image), "series_uid": series_uid_of(image),
            "mask": os.path.abspath(args.mask),
            **values,
-           "warnings": "; ".join(plausibility_warnings(image, mask)), "status": "ok", "error": None}
+           "warnings": "; ".join(segment_name_warnings(args.mask) + plausibility_warnings(image, mask)),
+           "status": "ok", "error": None}
     say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
     say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +
         (f", {len(values) - 2} radiomics features" if not args.no_radiomics else "") + _check_text(row))

@@ -20,7 +20,7 @@ from .imageio import _check_direction, _check_layout, _check_spacing, _execute, 
 from .niftifile import check_nifti_finite
 from .outputs import LIVER_SEGMENT_NAME
 
-__all__ = ["MissingLabelError", "check_mask_header", "labels_text", "read_mask"]
+__all__ = ["MissingLabelError", "check_mask_header", "labels_text", "read_mask", "segment_name_warnings"]
 
 
 class MissingLabelError(InputError):
@@ -112,18 +112,38 @@ def _check_single_label(path: Path, array: np.ndarray, liver: np.ndarray) -> Non
                            "or N,M for liver plus lesions)")
 
 
+def _segment_field(reader: sitk.ImageFileReader):
+    """``field(n, "Name")``: segment ``n``'s entry of a Slicer segmentation header (None if absent)."""
+    def field(n: int, name: str) -> str | None:
+        key = f"Segment{n}_{name}"
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
+    return field
+
+
+def _segment_names(reader: sitk.ImageFileReader) -> list[str]:
+    """The names (else IDs) of a Slicer segmentation's segments; [] for a plain label map."""
+    field, names = _segment_field(reader), []
+    while field(len(names), "ID") is not None or field(len(names), "Name") is not None:
+        names.append(field(len(names), "Name") or field(len(names), "ID"))
+    return names
+
+
+def segment_name_warnings(path: str | os.PathLike) -> list[str]:
+    """A warning for a Slicer segmentation whose only segment is not named 'Liver' (it is
+    measured as the liver, but it may be a lesion's or another organ's segment)."""
+    names = _segment_names(_file_reader(Path(path)))
+    if len(names) == 1 and names[0].lower() != LIVER_SEGMENT_NAME.lower():
+        return [f"measured segment '{names[0]}' as the liver (the file has no segment named '{LIVER_SEGMENT_NAME}')"]
+    return []
+
+
 def _liver_segment(path: Path, reader: sitk.ImageFileReader, components: int) -> tuple[int, int] | None:
     """(layer, label value) of the segment named 'Liver' of a Slicer segmentation with
     several segments, as the Slicer module measures it; None for a file with at most one
     segment (then every non-zero voxel is liver). Several segments, none named 'Liver'
     (their union is not the liver) or more than one (in any letter case), are refused."""
-    def field(n: int, name: str) -> str | None:
-        key = f"Segment{n}_{name}"
-        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
-
-    names = []
-    while field(len(names), "ID") is not None or field(len(names), "Name") is not None:
-        names.append(field(len(names), "Name") or field(len(names), "ID"))
+    field = _segment_field(reader)
+    names = _segment_names(reader)
     if len(names) < 2:
         return None
     livers = [n for n, name in enumerate(names) if name.lower() == LIVER_SEGMENT_NAME.lower()]

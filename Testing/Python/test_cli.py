@@ -155,6 +155,21 @@ def test_measure_recomputes_from_corrected_mask(phantom_file, tmp_path):
     assert code == 1 and "--overwrite" in err
 
 
+@pytest.mark.parametrize("name", ["Liver", "Tumor"])
+def test_measure_warns_when_the_only_segment_is_not_named_liver(phantom_file, tmp_path, name):
+    from LiverVolumetryLib.outputs import write_segmentation
+
+    path, truth = phantom_file
+    segmentation = write_segmentation(truth, tmp_path / "hand.seg.nrrd", segment_name=name)
+    out = tmp_path / "m"
+    code, stdout, err = run_cli("measure", str(path), str(segmentation), "-o", str(out), "--no-radiomics")
+    assert code == 0, err
+    row = json.loads((out / "measurements.json").read_text())[0]
+    warned = "measured segment 'Tumor' as the liver (the file has no segment named 'Liver')"
+    assert (warned in row["warnings"]) == (name == "Tumor")
+    assert (warned in stdout) == (name == "Tumor")
+
+
 def test_measure_of_a_multi_label_map_needs_the_liver_label(phantom_file, tmp_path, capsys):
     path, truth = phantom_file
     arr = sitk.GetArrayFromImage(truth).astype(np.uint8) * 6  # AMOS-like: liver 6 ...
