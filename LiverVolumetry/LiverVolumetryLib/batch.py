@@ -186,14 +186,31 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
 def _kept(table: ResultsTable, out_dir: Path, case: str) -> str | None:
     """Why a finished case is not segmented again (None: it is). A row ``measure`` wrote
     from a (hand-corrected) mask is kept whatever automatic files are there: redoing it
-    would replace that measurement by the network's."""
+    would replace that measurement by the network's. A case whose input changed after its
+    files were written is redone, as ``make`` would."""
     if not table.finished(case):
         return None
     if table.rows[case].get("mask"):
         return f"kept: measured from {table.rows[case]['mask']}"
-    if all(p.exists() for p in CaseOutputs.for_case(out_dir, case).all()):
-        return "already done"
-    return None
+    outputs = CaseOutputs.for_case(out_dir, case).all()
+    if not all(p.exists() for p in outputs):
+        return None
+    if _modified_ns(Path(str(table.rows[case].get("input") or ""))) > min(p.stat().st_mtime_ns for p in outputs):
+        return None  # the scan was replaced (re-exported, corrected) after this case was segmented
+    return "already done"
+
+
+def _modified_ns(path: Path) -> int:
+    """When ``path`` last changed: a file's modification time, or a folder's latest one of
+    itself and the files in it (a DICOM series re-exported file by file); 0 if unreadable."""
+    try:
+        stamps = [path.stat().st_mtime_ns]
+        if path.is_dir():
+            with os.scandir(path) as entries:
+                stamps += [e.stat().st_mtime_ns for e in entries if e.is_file()]
+        return max(stamps)
+    except OSError:
+        return 0
 
 
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,

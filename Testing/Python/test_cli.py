@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,20 @@ def test_resume_skips_finished_cases_and_overwrite_redoes_them(phantom_file, tmp
     assert (out / "case_a_liver.nii.gz").stat().st_mtime_ns == stamp
     assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--overwrite", "--progress", "none"]) == 0
     assert (out / "case_a_liver.nii.gz").stat().st_mtime_ns != stamp
+
+
+def test_resume_redoes_a_case_whose_scan_changed_after_it_was_segmented(phantom_file, tmp_path):
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    mask = out / "case_a_liver.nii.gz"
+    stamp = mask.stat().st_mtime_ns
+    os.utime(path, ns=(stamp - 10**9, stamp - 10**9))  # older than the outputs: still done
+    code, _, err = run_cli("segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "text")
+    assert code == 0 and "skipped" in err and mask.stat().st_mtime_ns == stamp
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # the scan was re-exported since
+    code, _, err = run_cli("segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "text")
+    assert code == 0 and "skipped" not in err and mask.stat().st_mtime_ns != stamp
 
 
 def test_existing_foreign_output_is_never_overwritten(phantom_file, tmp_path):
