@@ -63,6 +63,8 @@ def start_segmentation(volume, segmentation, device: str = "auto", model_dir: st
     in, so that a cancelled or failed run leaves the scene as it was."""
     if segmentation is None and new_segmentation is None:
         raise ValueError("give the output segmentation or a way to make one")
+    if segmentation is not None:  # before any work: the result would replace the first 'Liver' only
+        segmentation_io.check_one_liver_segment(segmentation)
     work_dir, case = _work_folder(volume)
     image, out_dir = work_dir / f"{case}.nrrd", work_dir / "out"
     with _removed_on_error(work_dir):

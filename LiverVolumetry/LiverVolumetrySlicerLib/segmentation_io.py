@@ -41,6 +41,19 @@ def liver_segment_id(segmentation_node) -> str:
     return segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
 
 
+def check_one_liver_segment(segmentation_node) -> None:
+    """Refuse a segmentation with several segments named 'Liver' (in any letter case): Slicer
+    would give the first, which may not be the one the user corrected (the engine refuses
+    such a .seg.nrrd too)."""
+    segmentation = segmentation_node.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() or "" for n in range(segmentation.GetNumberOfSegments())]
+    livers = [name for name in names if name.lower() == SEGMENT_NAME.lower()]
+    if len(livers) > 1:
+        raise RuntimeError(f"The segmentation '{segmentation_node.GetName()}' has {len(livers)} segments named "
+                           f"'{SEGMENT_NAME}' ({', '.join(repr(n) for n in livers)}), so which one is the liver is "
+                           "ambiguous; rename or remove the others.")
+
+
 def _style_liver_segment(segmentation_node, segment_id: str) -> None:
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     segment.SetName(SEGMENT_NAME)
@@ -158,6 +171,7 @@ def export_liver_mask(segmentation_node, reference_volume, path: str | Path) -> 
     segment_id = liver_segment_id(segmentation_node)
     if not segment_id:
         raise RuntimeError(f"The segmentation '{segmentation_node.GetName()}' has no '{SEGMENT_NAME}' segment.")
+    check_one_liver_segment(segmentation_node)
     labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__LiverVolumetryExport__")
     try:
         segment_ids = vtk.vtkStringArray()

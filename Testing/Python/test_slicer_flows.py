@@ -308,3 +308,44 @@ def test_a_mask_slicer_cannot_import_leaves_no_empty_liver_segment(module, monke
     with pytest.raises(RuntimeError, match="source representation is not a binary labelmap"):
         io.import_liver_mask("mask.nii.gz", node, volume)
     assert segments == ({"Liver": "Liver"} if had_liver else {})
+
+
+# --------------------------------------------------------------------------- two 'Liver' segments
+
+
+class _Segments:
+    """A vtkSegmentation stand-in holding segments of these names (IDs: the names)."""
+
+    def __init__(self, *names):
+        self.names = names
+
+    def GetNumberOfSegments(self):
+        return len(self.names)
+
+    def GetNthSegment(self, n):
+        return types.SimpleNamespace(GetName=lambda: self.names[n])
+
+    def GetSegmentIdBySegmentName(self, name):  # case-insensitive, first match (vtkSegmentation.h)
+        return next((n for n in self.names if n.lower() == name.lower()), "")
+
+
+@pytest.mark.parametrize("names", [("Liver", "Tumor"), ("Liver", "liver"), ("Tumor", "LIVER", "Liver")])
+def test_a_segmentation_with_two_liver_segments_is_refused_before_any_work(module, monkeypatch, tmp_path, names):
+    """Slicer's GetSegmentIdBySegmentName gives the first of several 'Liver' segments, which
+    may not be the corrected one: measuring or replacing it is refused, as the engine refuses
+    such a .seg.nrrd."""
+    node = types.SimpleNamespace(GetSegmentation=lambda: _Segments(*names), GetName=lambda: "corrected")
+    io, jobs = module.segmentation_io, module.jobs
+    work = []
+    monkeypatch.setattr(io, "save_volume", lambda volume, path: work.append("saved"))
+    monkeypatch.setattr(jobs, "_work_folder", lambda volume: work.append("folder") or (tmp_path, "case"))
+    monkeypatch.setattr(module.slicer_stand_in, "mrmlScene", types.SimpleNamespace(
+        AddNewNodeByClass=lambda *args: work.append("labelmap")), raising=False)
+    livers = sum(n.lower() == "liver" for n in names)
+    if livers == 1:
+        io.check_one_liver_segment(node)  # one 'Liver' among other segments: fine
+        return
+    for start in (lambda: jobs.start_segmentation(object(), node), lambda: io.export_liver_mask(node, object(), "m")):
+        with pytest.raises(RuntimeError, match=rf"'corrected' has {livers} segments named 'Liver' .*ambiguous"):
+            start()
+    assert work == []

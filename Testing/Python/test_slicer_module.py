@@ -327,6 +327,7 @@ def test_a_failure_while_preparing_a_job_removes_its_folder(jobs_module, monkeyp
     monkeypatch.setattr(io, "export_liver_mask", lambda segmentation, volume, path: Path(path).write_text("x"))
     monkeypatch.setattr(io, "segment_checksum", unreadable)
     monkeypatch.setattr(io, "was_edited", unreadable)
+    monkeypatch.setattr(io, "check_one_liver_segment", lambda segmentation: None)
     volume = type("Volume", (), {"GetName": lambda self: "scan"})()
     with pytest.raises(RuntimeError, match="segment unreadable"):
         if job == "segment":

@@ -209,6 +209,7 @@ def segmentation_job(glue, monkeypatch):
     monkeypatch.setattr(io, "place_under_study", lambda *a: None)
     checksums = {}  # segmentation -> checksum of its liver now
     monkeypatch.setattr(io, "segment_checksum", lambda segmentation, volume: checksums.get(segmentation, ""))
+    monkeypatch.setattr(io, "check_one_liver_segment", lambda segmentation: None)
     monkeypatch.setattr(glue.jobs, "show_measurements", lambda *a: "Liver volume: 1.0 mL")
     monkeypatch.setattr(glue.jobs.engine_cli, "read_case_row", lambda out_dir, case: {})
 
