@@ -80,8 +80,14 @@ def start_segmentation(volume, segmentation, device: str = "auto", model_dir: st
             (on_log or logging.info)(f"The liver of '{segmentation.GetName()}' was edited during the run: it is kept, "
                                      "and the new result goes into a new segmentation.")
             segmentation = None
+        created = segmentation is None
         segmentation = segmentation or new_segmentation()
-        segmentation_io.import_liver_mask(engine_cli.mask_path(out_dir, case), segmentation, volume)
+        try:
+            segmentation_io.import_liver_mask(engine_cli.mask_path(out_dir, case), segmentation, volume)
+        except Exception:
+            if created:  # a failed run leaves the scene as it was: no empty new segmentation
+                slicer.mrmlScene.RemoveNode(segmentation)
+            raise
         segmentation_io.set_provenance(segmentation, {key: row.get(key) for key in AUTOMATIC_PROVENANCE})
         segmentation_io.place_under_study(segmentation, volume)
         return show_measurements(segmentation, volume, row, "automatic")

@@ -95,6 +95,7 @@ def export_table(table_node, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in TABLE_EXTENSIONS:
         path = path.with_name(path.name + ".csv")
-    if not slicer.util.saveNode(table_node, str(path), {}):
+    # exportNode, not saveNode: saving the scene later must not write the table over this copy.
+    if not slicer.util.exportNode(table_node, str(path), {}):
         raise RuntimeError(f"The table could not be written to {path}.")
     return path

@@ -267,7 +267,7 @@ def test_a_new_segmentation_takes_the_volumes_geometry_in_its_own_frame(module, 
 def test_an_exported_table_gets_a_csv_extension_when_the_dialog_gave_none(module, monkeypatch, chosen, written):
     """Qt's own save dialog (Linux) adds no suffix; Slicer's table writer picks the format from it."""
     saved = []
-    monkeypatch.setattr(module.slicer_stand_in.util, "saveNode",
+    monkeypatch.setattr(module.slicer_stand_in.util, "exportNode",
                         lambda node, path, properties: saved.append(path) or True, raising=False)
     assert module.table.export_table(object(), chosen) == Path(written)
     assert saved == [str(Path(written))]

@@ -293,3 +293,23 @@ def test_a_liver_edited_during_the_run_is_kept(segmentation_job):
     assert segmentation_job.imported == segmentation_job.made and len(segmentation_job.made) == 1
     segmentation_job.run("import time\ntime.sleep(1)\n", segmentation=output)  # not edited: replaced
     assert segmentation_job.imported[-1] is output
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["new output", "chosen output"])
+def test_a_mask_that_cannot_be_imported_leaves_no_new_segmentation(segmentation_job, glue, monkeypatch, given):
+    """A failed import (say an unreadable mask) must not leave the new, empty output segmentation
+    in the scene; a segmentation the user chose stays."""
+    removed = []
+    scene = glue.jobs.slicer.mrmlScene
+    monkeypatch.setattr(glue.jobs.slicer, "mrmlScene", types.SimpleNamespace(
+        IsNodePresent=scene.IsNodePresent, RemoveNode=removed.append), raising=False)
+
+    def unreadable(mask, segmentation, volume):
+        raise RuntimeError("Slicer could not read the mask")
+
+    monkeypatch.setattr(glue.jobs.segmentation_io, "import_liver_mask", unreadable)
+    chosen = FakeNode("scan liver") if given else None
+    segmentation_job.run("import time\ntime.sleep(1)\n", segmentation=chosen)
+    success, message = segmentation_job.done[-1][:2]
+    assert success is False and "could not read the mask" in message
+    assert removed == ([] if given else segmentation_job.made) and len(segmentation_job.made) == (0 if given else 1)
