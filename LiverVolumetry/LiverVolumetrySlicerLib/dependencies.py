@@ -10,6 +10,7 @@ inside the functions only: the requirement lists are checked in CI without Slice
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 
 # (import name, pip requirement). numpy and SimpleITK ship with Slicer.
@@ -68,8 +69,14 @@ def _install_torch() -> bool:
 def _pip(arguments: str, what: str, fix: str) -> None:
     import slicer
 
+    install = slicer.util.pip_install
     try:
-        slicer.util.pip_install(arguments)
+        # Newer Slicer's installer asks again unless told not to; ensure() has already asked.
+        quiet = {"interactive": False} if "interactive" in inspect.signature(install).parameters else {}
+    except (TypeError, ValueError):  # no signature to read
+        quiet = {}
+    try:
+        install(arguments, **quiet)
     except Exception as error:  # noqa: BLE001 - pip failures come as several exception types
         logging.error("LiverVolumetry: pip_install(%r) failed: %s", arguments, error)
         raise DependencyError(f"Installing {what} failed. {fix} Details are in the Python console log.") from None

@@ -85,3 +85,24 @@ def test_a_test_run_installs_without_a_dialog_that_would_hang_it(monkeypatch):
     with pytest.raises(dependencies.DependencyError, match="still missing after installation: xyz>=1"):
         dependencies.ensure(radiomics=False)
     assert calls == ["installed [('surely_not_xyz', 'xyz>=1')]"]
+
+
+def test_the_packages_are_installed_without_a_second_prompt_where_pip_install_would_ask(monkeypatch):
+    """ensure() asks once; Slicer's newer pip_install (slicer.packaging) would ask again unless
+    told interactive=False, which older ones do not take."""
+    import types
+
+    calls = []
+
+    def older(args):
+        calls.append((args, {}))
+
+    def newer(args=None, *, requirements=None, interactive=True):
+        calls.append((args, {"interactive": interactive}))
+
+    for pip_install in (older, newer):
+        slicer = types.ModuleType("slicer")
+        slicer.util = types.SimpleNamespace(pip_install=pip_install)
+        monkeypatch.setitem(sys.modules, "slicer", slicer)
+        dependencies._pip("xyz>=1", "xyz", "")
+    assert calls == [("xyz>=1", {}), ("xyz>=1", {"interactive": False})]
