@@ -82,6 +82,9 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
     if "image" not in columns or "label" not in columns:
         raise InputError(path, f"needs 'image' and 'label' columns (found: {', '.join(columns) or 'none'})")
     for row in reader:
+        if any(str(value).strip() for value in row.pop(None, None) or ()):  # DictReader's surplus values
+            raise InputError(path, f"line {reader.line_num}: more values than the header has columns "
+                                   f"({', '.join(columns)}); name every column in the header")
         clean = {(key or "").strip(): (value or "").strip() if isinstance(value, str) else value
                  for key, value in row.items()}
         if any(clean.get(column) for column in MANIFEST_COLUMNS):  # skip blank lines

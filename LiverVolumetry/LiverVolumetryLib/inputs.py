@@ -199,6 +199,9 @@ def _cases_from_manifest(manifest: Path, series_uid: str | None) -> list[InputCa
                                        f"and would be ignored; did you mean {column!r}? Rename it")
     cases = []
     for line, row in rows[1:]:
+        if any(cell.strip() for cell in row[len(fields):]):  # a value without a column would be dropped
+            raise InputError(manifest, f"line {line}: more values than the header has columns "
+                                       f"({', '.join(fields)}); name every column in the header")
         record = dict(zip(fields, (cell.strip() for cell in row)))
         cases.append(_manifest_case(manifest, line, record, image_column, series_uid))
     if not cases:

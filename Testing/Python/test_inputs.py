@@ -312,6 +312,13 @@ def test_a_manifest_with_the_image_under_another_name_says_which_column_to_renam
         collect_inputs([tmp_path / "cases.csv"])
 
 
+def test_a_manifest_row_with_more_values_than_columns_is_refused_naming_the_line(tmp_path):
+    write_image(tmp_path / "a.nii.gz")
+    (tmp_path / "cases.csv").write_text("image,case\na.nii.gz,first,\na.nii.gz,second,1.2.3\n")
+    with pytest.raises(InputError, match=r"cases.csv: line 3: more values than the header has columns \(image, case\)"):
+        collect_inputs([tmp_path / "cases.csv"])
+
+
 def test_other_manifest_columns_are_ignored(tmp_path):
     write_image(tmp_path / "a.nii.gz")
     (tmp_path / "cases.csv").write_text("image,case,label,site,series_uid_note\na.nii.gz,first,a_l.nii.gz,x,y\n")

@@ -201,6 +201,18 @@ def test_a_manifest_column_meant_as_a_known_one_is_refused_not_ignored(tiny_case
             read_manifest(manifest)
 
 
+def test_a_manifest_row_with_more_values_than_columns_is_refused_naming_the_line(tiny_cases, tmp_path):
+    """csv would drop the surplus value: here the AMOS liver label 6, so label 1 (the spleen) would be trained."""
+    from LiverVolumetryTraining.manifest import read_manifest
+
+    manifest = tmp_path / "cases.csv"
+    first = f"a,{tiny_cases}/image_0.nii.gz,{tiny_cases}/label_0.nii.gz"
+    manifest.write_text(f"case,image,label\n{first},\n{first.replace('a,', 'b,', 1)},6\n")  # a trailing comma is fine
+    with pytest.raises(InputError, match=r"cases.csv: line 3: more values than the header has columns "
+                                         r"\(case, image, label\)"):
+        read_manifest(manifest)
+
+
 def test_other_extra_manifest_columns_are_ignored(tiny_cases, tmp_path):
     from LiverVolumetryTraining.manifest import read_manifest
 
