@@ -184,6 +184,7 @@ def crossval(entries: Sequence[CaseEntry], run_dir: str | Path, recipe: dict, fo
 def _crossval(entries, run_dir: Path, recipe: dict, folds, thresholds, phantoms, iterations, epochs, validate_every,
               seed, cache_dir, radiomics, device, log, train_folds, only_fold) -> dict:
     from .evaluate import evaluate
+    from .run_folder import check_trained_on
     from .train import train
 
     _check_run_folds(run_dir, folds)
@@ -200,6 +201,8 @@ def _crossval(entries, run_dir: Path, recipe: dict, folds, thresholds, phantoms,
                   epochs=epochs, validate_every=validate_every, seed=seed + k, log=log, device=device)
         elif not (fold_dir / "last.pt").is_file():
             raise InputError(fold_dir, "no trained fold model (last.pt); run without --no-train first")
+        else:
+            check_trained_on(fold_dir, training, held_out)
     if only_fold is not None:
         return {"trained_fold": only_fold}
     device = resolve_device(device)

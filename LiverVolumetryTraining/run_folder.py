@@ -143,6 +143,18 @@ def check_resume(run_dir: Path, recipe: dict, train_entries: Sequence[CaseEntry]
     return old
 
 
+def check_trained_on(run_dir: Path, train_entries: Sequence[CaseEntry], val_entries: Sequence[CaseEntry]) -> None:
+    """Refuse a trained run (a fold model used as it is) whose record names other training
+    or validation cases than these: its "held-out" cases could be ones it trained on."""
+    recorded = _identity(read_config(run_dir))
+    given = _identity({"recipe": {}, "train": entry_dicts(train_entries), "validation": entry_dicts(val_entries)})
+    changed = [_difference(what, recorded[what], given[what]) for what in ("training cases", "validation cases")
+               if recorded[what] != given[what]]
+    if changed:
+        raise InputError(run_dir / CONFIG_NAME, f"this model was trained with {'; '.join(changed)}, so its held-out "
+                                                "cases are not these: train it again (without --no-train)")
+
+
 def check_length(run_dir: Path, iterations: int) -> None:
     """Refuse to resume a run whose ``last.pt`` has trained more than ``iterations``: its
     record would name fewer iterations than made its weights."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -94,6 +95,15 @@ def test_tiny_crossval_segments_every_case_out_of_fold_and_exports(four_cases, t
     with pytest.raises(InputError, match="other folds"):
         crossval(entries, run, tiny_recipe(), [["0", "1"], ["2", "3"]], phantoms=0, iterations=2,
                  radiomics=False, device="cpu", log=lambda m: None, train_folds=False)
+    # --no-train on other files under the same case names (fold 0 trained on case 1's files, now named 0):
+    # segmenting them with the trained folds would report training cases as out-of-fold.
+    swapped = [dataclasses.replace(e, image=entries[[1, 0, 2, 3][n]].image, label=entries[[1, 0, 2, 3][n]].label)
+               for n, e in enumerate(entries)]
+    with pytest.raises(InputError, match=r"fold0.config\.json: this model was trained with other training cases "
+                                         r"\(same names, other files or liver labels\); other validation cases .* "
+                                         r"train it again \(without --no-train\)"):
+        crossval(swapped, run, tiny_recipe(), folds, phantoms=0, iterations=2, radiomics=False, device="cpu",
+                 log=lambda m: None, train_folds=False)
     # Export records the summary and the chosen threshold; the card shows the table.
     code = main(["export", str(run / "fold0"), "-o", str(tmp_path / "bundle"), "--crossval", str(run),
                  "--threshold", str(summary["threshold"])])
