@@ -106,6 +106,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
             raise InputError(Path(crossval) / "crossval.json", f"cross-validates recipe {cv_recipe!r}, but the run "
                                                                f"was trained with {run_recipe!r}; the model card "
                                                                "would give it another recipe's figures")
+        _check_same_cases(Path(crossval), spec["cross_validation"], config)
     from .model_card import write_model_card
 
     val_entries = [CaseEntry(e["case"], Path(e["image"]), Path(e["label"]), e["liver_label"], str(e.get("group", "")))
@@ -126,6 +127,25 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
                 "with PyTorch, about 1.7x slower on CPU")
         write_model_card(staging, notes=card_notes)
     return load_bundle(out_dir)
+
+
+def _case_files(configs) -> set[tuple]:
+    """(case, image, label, liver label) of every case the run records name, paths resolved."""
+    return {(c["case"], str(Path(c["image"]).resolve()), str(Path(c["label"]).resolve()), int(c["liver_label"]))
+            for config in configs for c in (*config["train"], *config["validation"])}
+
+
+def _check_same_cases(crossval: Path, summary: dict, config: dict) -> None:
+    """Refuse a cross-validation of other cases (or of other files under the same names) than
+    the run's own: the model card would present its figures as this model's data."""
+    folds = [read_config(crossval / f"fold{k}") for k in range(len(summary["folds"]))]
+    validated, trained = _case_files(folds), _case_files([config])
+    if validated != trained:
+        names = sorted({c[0] for c in validated ^ trained})
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        raise InputError(crossval / "crossval.json", f"cross-validates other cases than the run was trained on "
+                                                     f"(differing: {shown}); the model card would give it another "
+                                                     "data set's figures")
 
 
 def _check_destination(out_dir: Path, overwrite: bool) -> None:

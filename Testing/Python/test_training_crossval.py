@@ -150,6 +150,19 @@ def test_crossval_of_a_staged_recipe_and_the_final_model_trained_on_every_case(f
     with pytest.raises(InputError, match="cross-validates recipe .* but the run was trained with 'other-recipe'"):
         export_run(other, tmp_path / "bundle2", "other", "1.0.0", crossval=tmp_path / "cv", log=lambda m: None)
     assert not (tmp_path / "bundle2").exists()
+    # A run of other cases, or of other files under the same names, must not take these figures either.
+    for change in ("fewer cases", "other files"):
+        config = json.loads((tmp_path / "final" / "config.json").read_text(encoding="utf-8"))
+        if change == "fewer cases":
+            config["train"] = config["train"][:3]
+        else:
+            config["train"][0]["image"], config["train"][1]["image"] = (config["train"][1]["image"],
+                                                                        config["train"][0]["image"])
+        (other / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        with pytest.raises(InputError, match=r"cross-validates other cases than the run was trained on \(differing: "
+                                             + ("3" if change == "fewer cases" else "0, 1") + r"\)"):
+            export_run(other, tmp_path / "bundle2", "other", "1.0.0", crossval=tmp_path / "cv", log=lambda m: None)
+        assert not (tmp_path / "bundle2").exists()
 
 
 def test_folds_trained_one_by_one_are_found_by_the_final_call(four_cases, tmp_path, capsys):
