@@ -157,7 +157,7 @@ def cmd_export(args) -> int:
     bundle = export_run(args.run, args.out, args.name, args.version, args.checkpoint, args.description,
                         overwrite=args.overwrite, log=lambda m: print(m, flush=True), card_notes=notes,
                         threshold=args.threshold, crossval=args.crossval, max_window_voxels=args.max_window_voxels,
-                        crop_to_body=args.crop_to_body)
+                        crop_to_body=args.crop_to_body, data_credit=args.data_credit)
     print(f"wrote bundle {bundle.path} (sha256 {bundle.sha256[:12]}...)")
     return 0
 
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=probability,
                    help="probability threshold (default: the recipe's), e.g. the one crossval chose")
     e.add_argument("--crossval", help="cross-validation folder whose crossval.json goes into model.json and MODEL.md")
+    e.add_argument("--data-credit", help="where the training data comes from and its licence, for the model card "
+                                         "('chaos': the CHAOS T2-SPIR credit; default: the number of cases and "
+                                         "their folders)")
     e.add_argument("--max-window-voxels", type=zero_or_more,
                    help="run grids up to this many voxels as one window (0: the recipe's sliding windows), e.g. as "
                         "benchmarks/window_settings.py chose")

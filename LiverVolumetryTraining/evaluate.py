@@ -40,6 +40,7 @@ from LiverVolumetryLib.plausibility import plausibility_warnings
 from .agreement import (MIN_ICC_CASES, BlandAltman, ICCResult, MannWhitney, bland_altman, icc_agreement,
                         mann_whitney)
 from .dataset import CaseEntry, load_entry
+from .fingerprint import file_fingerprint
 from .surface_metrics import surface_metrics
 
 Log = Callable[[str], None]
@@ -99,6 +100,12 @@ class EvaluationResult:
     seconds: float = 0.0
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def summary_cases(self) -> list[CaseResult]:
+        """The cases the summary figures cover: the held-out ones where some (not all) of the
+        cases trained the model, else all of them."""
+        return [c for c in self.cases if not c.trained_on] or self.cases
 
     def features_below(self, threshold: float = ICC_THRESHOLD) -> list[FeatureICC]:
         """Features whose ICC is below ``threshold`` (undefined ICCs are not listed)."""
@@ -262,8 +269,8 @@ def feature_iccs(cases: Sequence[CaseResult]) -> list[FeatureICC]:
 
 
 def summarize(result: EvaluationResult) -> None:
-    """Fill ``result``'s agreement statistics from its cases, noting what cannot be computed."""
-    cases, notes = result.cases, result.notes
+    """Fill ``result``'s agreement statistics from its summary cases, noting what cannot be computed."""
+    cases, notes = result.summary_cases, result.notes
     auto = [c.volume_auto_ml for c in cases]
     ref = [c.volume_ref_ml for c in cases]
     result.volume_icc = icc_agreement(auto, ref)
@@ -326,11 +333,13 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         raise LiverVolumetryError("give a model or a predictions folder, not both")
     _check_out_dir(out_dir, overwrite)
     _check_inputs(entries, predictions, prediction_label)
-    bundle, training_cases = None, set()
+    bundle, training_cases, fingerprints = None, set(), set()
     if predictions is None:
         bundle, device = _load_model(model, device)
         automated = f"model {bundle.name} {bundle.version} ({bundle.path}, sha256 {bundle.sha256[:12]}, {device})"
-        training_cases = {str(c) for c in (bundle.metadata.get("training") or {}).get("cases", [])}
+        training = bundle.metadata.get("training") or {}
+        training_cases = {str(c) for c in training.get("cases", [])}
+        fingerprints = {f for f in (training.get("case_fingerprints") or {}).values() if f}
     else:
         labels = "" if prediction_label is None else f", label {','.join(str(v) for v in prediction_label)}"
         automated = f"predictions folder {predictions}{labels}"
@@ -338,7 +347,8 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
     result = EvaluationResult(cases=[], automated=automated, radiomics=radiomics)
     for number, entry in enumerate(entries, start=1):
         case = evaluate_case(entry, bundle, predictions, radiomics, device, result.notes, log, prediction_label)
-        case.trained_on = case.case in training_cases
+        # By content where the bundle records its training images, else by name.
+        case.trained_on = (file_fingerprint(entry.image) in fingerprints) if fingerprints else case.case in training_cases
         result.cases.append(case)
         log(f"[{number}/{len(entries)}] {case.case}: Dice {case.dice:.4f}, HD95 {case.hd95_mm:.2f} mm, "
             f"ASSD {case.assd_mm:.2f} mm, volume {case.volume_auto_ml:.0f} / {case.volume_ref_ml:.0f} mL "
@@ -352,8 +362,12 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         log(f"note: {result.notes[-1]}")
     trained = [c.case for c in result.cases if c.trained_on]
     if trained:
-        result.notes.append(f"{len(trained)} of {len(entries)} case name(s) are among the model's training cases "
-                            f"(matched by name only): {', '.join(trained)}; their figures are not validation figures")
+        how = "their images are among the model's training images" if fingerprints else \
+            "their names are among the model's training cases (matched by name only)"
+        left_out = ("they are left out of the summary figures" if len(trained) < len(entries) else
+                    "every case is one, so the summary figures are training-set figures, not validation")
+        result.notes.append(f"{len(trained)} of {len(entries)} case(s) were used to train the model ({how}): "
+                            f"{', '.join(trained)}; {left_out}")
     summarize(result)
     result.seconds = time.perf_counter() - start
     result.out_dir = out_dir

@@ -80,13 +80,15 @@ def _stats(values: list[float], digits: int = 4) -> dict:
 
 
 def summary(result: EvaluationResult) -> dict:
-    """The aggregate figures as a JSON-ready dict."""
-    cases = result.cases
+    """The aggregate figures (over :attr:`EvaluationResult.summary_cases`) as a JSON-ready dict."""
+    cases = result.summary_cases
+    trained = [c.case for c in result.cases if c.trained_on]
     icc, ba, mw = result.volume_icc, result.volume_agreement, result.mann_whitney
     finite = [f.icc for f in result.feature_iccs if math.isfinite(f.icc)]
     out = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"), "automated": result.automated,
-        "n_cases": len(cases), "seconds": _number(result.seconds, 1),
+        "n_cases": len(result.cases), "seconds": _number(result.seconds, 1),
+        "training_cases": trained, "summary_covers": _covers(result),
         "dice": {**_stats([c.dice for c in cases]), "min": _number(min((c.dice for c in cases), default=math.nan))},
         "hd95_mm": _stats([c.hd95_mm for c in cases], 3), "assd_mm": _stats([c.assd_mm for c in cases], 3),
         "volume": {
@@ -101,7 +103,7 @@ def summary(result: EvaluationResult) -> dict:
         "mann_whitney_dice": {"test": "two-sided Mann-Whitney U", "groups": [mw.group_a, mw.group_b],
                               "n": [mw.n_a, mw.n_b], "median_dice": [_number(mw.median_a, 4), _number(mw.median_b, 4)],
                               "u": _number(mw.u, 3), "p": _number(mw.p_value, 6)} if mw else None,
-        "plausibility_warnings": {c.case: c.warnings for c in cases if c.warnings},
+        "plausibility_warnings": {c.case: c.warnings for c in result.cases if c.warnings},
         "notes": list(result.notes),
     }
     if result.radiomics:
@@ -111,6 +113,16 @@ def summary(result: EvaluationResult) -> dict:
                             "icc_mean": _number(mean, 4), "icc_sd": _number(sd, 4), "threshold": ICC_THRESHOLD,
                             "below_threshold": [f.feature for f in result.features_below()]}
     return out
+
+
+def _covers(result: EvaluationResult) -> str:
+    """Which cases the summary figures cover, in words."""
+    trained = sum(c.trained_on for c in result.cases)
+    if not trained:
+        return f"all {len(result.cases)} cases"
+    if trained == len(result.cases):
+        return f"all {trained} cases, every one a training case of the model (training-set figures, not validation)"
+    return f"the {len(result.cases) - trained} held-out cases ({trained} training case(s) of the model left out)"
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -146,7 +158,8 @@ def report_markdown(result: EvaluationResult) -> str:
         mark = " (training case)" if c.trained_on else ""
         lines.append(f"| {_md(c.case)}{mark} | {_md(c.group)} | {c.dice:.4f} | {_fmt(c.hd95_mm)} | {_fmt(c.assd_mm)} | "
                      f"{c.volume_auto_ml:.1f} | {c.volume_ref_ml:.1f} | {c.volume_diff_ml:+.1f} |")
-    lines += ["", "## Segmentation (mean ± SD)", "",
+    cases = result.summary_cases
+    lines += ["", "## Segmentation (mean ± SD)", "", f"Summary figures (here and below) cover {_covers(result)}.", "",
               f"- Dice: {_mean_sd_text([c.dice for c in cases], 4)}",
               f"- HD95: {_mean_sd_text([c.hd95_mm for c in cases], 2, EMPTY_MASK)} mm",
               f"- ASSD: {_mean_sd_text([c.assd_mm for c in cases], 2, EMPTY_MASK)} mm", "", "## Volumetry", ""]
@@ -166,9 +179,9 @@ def report_markdown(result: EvaluationResult) -> str:
             lines += [f"  - {f.feature}: {f.icc:.3f}" for f in sorted(below, key=lambda f: f.icc)]
         else:
             lines.append("- Not computed (too few cases with features)")
-    flagged = [c for c in cases if c.warnings]
+    flagged = [c for c in result.cases if c.warnings]
     lines += ["", "## Plausibility warnings on the automated masks", "",
-              f"- {len(flagged)} of {len(cases)} case(s) flagged" + (":" if flagged else "")]
+              f"- {len(flagged)} of {len(result.cases)} case(s) flagged" + (":" if flagged else "")]
     lines += [f"  - {_md(c.case)} (Dice {c.dice:.4f}): {_md(c.warnings)}" for c in flagged]
     mw = result.mann_whitney
     if mw:
@@ -193,7 +206,7 @@ def render_plots(result: EvaluationResult) -> dict[str, bytes]:
     # Figure without pyplot: no global state and no GUI backend; PNGs are rendered by Agg.
     from matplotlib.figure import Figure
 
-    cases, ba = result.cases, result.volume_agreement
+    cases, ba = result.summary_cases, result.volume_agreement  # the cases the limits are computed from
     figure = Figure(figsize=(5, 3.6))
     axes = figure.subplots()
     means = [(c.volume_auto_ml + c.volume_ref_ml) / 2 for c in cases]
@@ -205,6 +218,7 @@ def render_plots(result: EvaluationResult) -> dict[str, bytes]:
              title="Bland-Altman: liver volume")
     figure.tight_layout()
     plots = {"bland_altman.png": _png(figure)}
+    cases = result.cases
     figure = Figure(figsize=(max(4.0, 0.3 * len(cases) + 1.5), 3.4))
     axes = figure.subplots()
     groups = sorted({c.group for c in cases})

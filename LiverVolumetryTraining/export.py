@@ -26,6 +26,7 @@ from LiverVolumetryLib.measure import dice
 from LiverVolumetryLib.segment import segment_liver
 
 from .dataset import CaseEntry, load_entry
+from .fingerprint import file_fingerprint
 from .run_folder import load_checkpoint, read_config
 
 
@@ -57,7 +58,8 @@ def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: 
                      "checkpoint": checkpoint, "phantoms": config.get("phantoms", 0),
                      "precision": config.get("precision", "fp32"),
                      "cases": [e["case"] for e in config["train"]],
-                     "validation_cases": [e["case"] for e in config["validation"]]},
+                     "validation_cases": [e["case"] for e in config["validation"]],
+                     "case_fingerprints": {e["case"]: file_fingerprint(e["image"]) for e in config["train"]}},
     }
     if config.get("init_from"):  # fine-tuned from another bundle
         spec["training"]["init_from"] = config["init_from"]
@@ -69,14 +71,16 @@ def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: 
 def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str, checkpoint: str = "last",
                description: str = "", overwrite: bool = False, log=print, card_notes: str = "",
                threshold: float | None = None, crossval: str | Path | None = None,
-               max_window_voxels: int | None = None, crop_to_body: bool | None = None):
+               max_window_voxels: int | None = None, crop_to_body: bool | None = None,
+               data_credit: str | None = None):
     """Write ``out_dir`` as a bundle from ``run_dir``'s checkpoint and measure validation.
 
     ``threshold`` replaces the recipe's probability threshold (e.g. the one chosen by
     cross-validation), ``max_window_voxels`` its one-window limit, ``crop_to_body``
     whether the network sees only the box around the body; ``crossval``: a
     cross-validation folder whose ``crossval.json`` is recorded in ``model.json`` and the
-    model card.
+    model card; ``data_credit``: the training data's source and licence ('chaos' for the CHAOS
+    credit), else the card names the number of cases and their folders.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config = read_config(run_dir)
@@ -87,6 +91,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
                                               "validation cases never does); use --checkpoint last")
     state = load_checkpoint(run_dir / f"{checkpoint}.pt")
     spec = bundle_spec(config, state, name, version, checkpoint, description)
+    spec["training"]["data"] = _data_text(config, data_credit)
     if threshold is not None:
         if not 0.0 < threshold < 1.0:
             raise LiverVolumetryError(f"threshold must lie between 0 and 1, got {threshold}")
@@ -127,6 +132,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
                 "with PyTorch, about 1.7x slower on CPU")
         write_model_card(staging, notes=card_notes)
     return load_bundle(out_dir)
+
+
+def _data_text(config: dict, credit: str | None) -> str:
+    """What the model card says about the training data."""
+    from .model_card import CHAOS_CREDIT
+
+    if credit and credit.strip():
+        return CHAOS_CREDIT if credit.strip().lower() == "chaos" else " ".join(credit.split())
+    entries = [*config["train"], *config["validation"]]
+    folders = sorted({Path(e["image"]).parent.name or str(Path(e["image"]).parent) for e in entries})
+    shown = ", ".join(folders[:4]) + (f" and {len(folders) - 4} more" if len(folders) > 4 else "")
+    return (f"{len(entries)} labelled case(s) from the folder(s) {shown}; their source and licence were not given "
+            "at export (--data-credit)")
 
 
 def _case_files(configs) -> set[tuple]:

@@ -16,6 +16,11 @@ CHAOS_CREDIT = (
 )
 
 
+def _md_cell(text: str) -> str:
+    """Free text given at export, safe in a Markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;")
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows]])
 
@@ -29,7 +34,7 @@ def _batch(recipe: dict) -> str:
     return f"batch {recipe.get('batch_size')}, positive fraction {recipe.get('positive_fraction')}"
 
 
-def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
+def render(spec: dict, notes: str = "") -> str:
     """Markdown model card for a ``model.json`` dict."""
     training, validation = spec.get("training", {}), spec.get("validation", {})
     recipe = training.get("recipe", {})
@@ -61,7 +66,7 @@ def render(spec: dict, data_credit: str = CHAOS_CREDIT, notes: str = "") -> str:
         "## Training",
         "",
         _table([
-            ("data", data_credit),
+            ("data", _md_cell(training.get("data") or "not recorded")),
             ("training cases", ", ".join(map(str, training.get("cases", [])))),
             ("synthetic phantoms", f"{training.get('phantoms', 0)} seeded phantoms "
                                    f"({', '.join(recipe.get('phantom_contrasts', ['t1_portal_venous']))}) "

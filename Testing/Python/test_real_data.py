@@ -49,3 +49,22 @@ def test_training_finds_the_shared_pairs():
     assert len(entries) == 14
     image, liver = load_entry(entries[0])
     assert same_grid(image, liver) and sitk.GetArrayViewFromImage(liver).any()
+
+
+def test_the_bundled_model_recognises_its_training_scans_by_content_under_any_name(tmp_path):
+    """evaluate --model marks a training case by its image's fingerprint: the shared scans
+    are the bundled model's training cases, whatever a manifest calls them or however they
+    are saved; a scan changed in one voxel is not one."""
+    from LiverVolumetryTraining.fingerprint import file_fingerprint
+
+    training = load_bundle().metadata["training"]
+    recorded = set(training["case_fingerprints"].values())
+    assert len(recorded) == len(training["cases"]) == 14
+    case = training["cases"][0]
+    image = sitk.ReadImage(str(SHARED_DATA / f"image_{case}.nii.gz"))
+    sitk.WriteImage(image, str(tmp_path / "renamed scan.nrrd"))
+    assert file_fingerprint(SHARED_DATA / f"image_{case}.nii.gz") in recorded
+    assert file_fingerprint(tmp_path / "renamed scan.nrrd") in recorded
+    image[0, 0, 0] = image[0, 0, 0] + 1
+    sitk.WriteImage(image, str(tmp_path / "edited.nrrd"))
+    assert file_fingerprint(tmp_path / "edited.nrrd") not in recorded

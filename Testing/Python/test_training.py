@@ -141,9 +141,17 @@ def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):
     card = (bundle.path / "MODEL.md").read_text(encoding="utf-8")
     assert f"{meta['validation']['dice_mean']:.3f}" in card and meta["weights"]["sha256"] in card
     assert "optimistic" not in card
+    # The card says what the weights saw, and model.json recognises the training scans by content.
+    assert f"| data | 3 labelled case(s) from the folder(s) {pairs_folder.name}; their source and licence were not " \
+           "given at export (--data-credit) |" in card and "CHAOS" not in card
+    fingerprints = meta["training"]["case_fingerprints"]
+    assert sorted(fingerprints) == ["0", "1"] and all(len(f) == 64 for f in fingerprints.values())
+    assert fingerprints["0"] != fingerprints["1"]
     # The best checkpoint was chosen on these same cases: its card says the figure is optimistic.
-    best = export_run(run, tmp_path / "best", "tiny", "0.1.0", checkpoint="best", log=lambda m: None)
-    assert "chose this checkpoint" in (best.path / "MODEL.md").read_text(encoding="utf-8")
+    best = export_run(run, tmp_path / "best", "tiny", "0.1.0", checkpoint="best", log=lambda m: None,
+                      data_credit="chaos")
+    card = (best.path / "MODEL.md").read_text(encoding="utf-8")
+    assert "chose this checkpoint" in card and "| data | CHAOS challenge training data (Kavur AE" in card
 
 
 def test_fine_tuning_starts_from_a_bundles_weights_and_needs_its_network(pairs_folder, tmp_path):
