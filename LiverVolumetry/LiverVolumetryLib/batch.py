@@ -93,7 +93,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
     which ``record(row)`` is given as soon as the files are in place."""
     from .confidence import confidence_warnings
     from .imageio import read_image, series_uid_of
-    from .measure import measure
+    from .measure import measure_keeping_volume
     from .outputs import write_mask, write_segmentation
     from .plausibility import plausibility_warnings
     from .qc import write_qc_png
@@ -118,8 +118,8 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
     if not sitk.GetArrayViewFromImage(result.mask).any():
         raise LiverVolumetryError(f"{item.path}: no liver found in this image")
     stage(0, 1)(0.7, "measure")
-    values = measure(image, result.mask, radiomics=radiomics, progress=stage(0.7, 0.92))
-    warnings = confidence_warnings(result.unsure_fraction) + plausibility_warnings(image, result.mask)
+    values, warnings = measure_keeping_volume(image, result.mask, radiomics=radiomics, progress=stage(0.7, 0.92))
+    warnings += confidence_warnings(result.unsure_fraction) + plausibility_warnings(image, result.mask)
     if cancel is not None and cancel():
         raise CancelledError()
     stage(0, 1)(0.92, "write")

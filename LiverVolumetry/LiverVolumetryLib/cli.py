@@ -82,7 +82,7 @@ def cmd_measure(args) -> int:
     from .errors import InputError, OutputError
     from .imageio import case_id, read_image, series_uid_of
     from .masks import read_mask, segment_name_warnings
-    from .measure import measure
+    from .measure import measure_keeping_volume
     from .plausibility import plausibility_warnings
     from .reporting import make_reporter
 
@@ -101,8 +101,9 @@ def cmd_measure(args) -> int:
     image = read_image(args.image, args.series)
     mask = read_mask(args.mask, reference=image, label=args.label)
     try:
-        values = measure(image, mask, radiomics=not args.no_radiomics,
-                         progress=lambda fraction, stage: reporter.progress(case, 0.05 + 0.9 * fraction, stage))
+        values, warnings = measure_keeping_volume(
+            image, mask, radiomics=not args.no_radiomics,
+            progress=lambda fraction, stage: reporter.progress(case, 0.05 + 0.9 * fraction, stage))
     except LiverVolumetryError as error:  # measure() knows no file names: add the mask's
         raise LiverVolumetryError(f"{args.mask}: {error}") from None
     finally:
@@ -110,11 +111,11 @@ def cmd_measure(args) -> int:
     row = {"case": case, "input": os.path.abspath(args.image), "series_uid": series_uid_of(image),
            "mask": os.path.abspath(args.mask),
            **values,
-           "warnings": "; ".join(segment_name_warnings(args.mask) + plausibility_warnings(image, mask)),
+           "warnings": "; ".join(segment_name_warnings(args.mask) + warnings + plausibility_warnings(image, mask)),
            "status": "ok", "error": None}
     say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
     say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +
-        (f", {len(values) - 2} radiomics features" if not args.no_radiomics else "") + _check_text(row))
+        (f", {len(values) - 2} radiomics features" if len(values) > 2 else "") + _check_text(row))
     if table is not None:
         table.put(row)
         say(f"wrote {Path(args.output) / 'measurements.csv'}")

@@ -190,6 +190,10 @@ def _as_float(value) -> float:
     return float(np.asarray(value, dtype=float).reshape(()))
 
 
+class RadiomicsError(InputError):
+    """pyradiomics rejected the region (e.g. fewer voxels than its minimum)."""
+
+
 def _radiomics_features(image: sitk.Image, binary: sitk.Image, params: Path,
                         progress: Progress) -> dict[str, float]:
     """All enabled pyradiomics features, diagnostics dropped, as Python floats."""
@@ -197,7 +201,7 @@ def _radiomics_features(image: sitk.Image, binary: sitk.Image, params: Path,
     try:
         raw = extractor.execute(image, binary, label=1)
     except (ValueError, AssertionError, RuntimeError) as error:
-        raise InputError(None, f"radiomics failed: {_one_line(error)}") from error
+        raise RadiomicsError(None, f"radiomics failed: {_one_line(error)}") from error
     return {name: _as_float(value) for name, value in raw.items()
             if not name.startswith("diagnostics_")}
 
@@ -235,6 +239,18 @@ def measure(image: sitk.Image, mask: sitk.Image, radiomics: bool = True,
         row.update(_radiomics_features(floating, binary, path, report))
     report(1.0, "radiomics" if radiomics else "volume")
     return row
+
+
+def measure_keeping_volume(image: sitk.Image, mask: sitk.Image, radiomics: bool = True,
+                           progress: Progress | None = None) -> tuple[dict[str, float | int | str], list[str]]:
+    """:func:`measure`, and the warnings to record: where pyradiomics rejects the region
+    (say a liver of a few slices), the volume is still measured and a warning says why the
+    features are missing, instead of losing the whole case."""
+    try:
+        return measure(image, mask, radiomics=radiomics, progress=progress), []
+    except RadiomicsError as error:
+        values = measure(image, mask, radiomics=False, progress=progress)
+        return values, [f"no radiomics features ({error.cause}); the volume is measured"]
 
 
 # --------------------------------------------------------------------------- columns

@@ -381,3 +381,22 @@ def test_a_table_written_before_the_series_uid_column_keeps_the_column_order_whe
     table.put({"case": "b", "input": "b", "series_uid": "1.2.3", "volume_ml": 2.0, "voxel_count": 4, "status": "ok"})
     header = (tmp_path / "measurements.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert header[:4] == ["case", "input", "series_uid", "volume_ml"] and header[-1] == "error", header
+
+
+def test_a_liver_too_small_for_radiomics_keeps_its_mask_and_volume_with_a_warning(tmp_path):
+    """pyradiomics refuses a region under its minimum size (here a scan of two slices): the
+    case keeps its mask and volume, and the row says why it has no features."""
+    scan = tmp_path / "two_slices.nii.gz"
+    sitk.WriteImage(make_phantom(3, shape=(96, 96, 2), spacing=(4.0, 4.0, 5.0), orientation="LPS",
+                                 oblique_degrees=0).image, str(scan))
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("segment", str(scan), "-o", str(out), "--progress", "none")
+    assert code == 0, err
+    row = json.loads((out / "measurements.json").read_text())[0]
+    assert row["status"] == "ok" and row["volume_ml"] > 0 and not any(k.startswith("original_") for k in row)
+    assert "no radiomics features (radiomics failed: " in row["warnings"] and "the volume is measured" in stdout
+    assert (out / "two_slices_liver.nii.gz").is_file()
+    code, stdout, err = run_cli("measure", str(scan), str(out / "two_slices_liver.nii.gz"), "-o", str(tmp_path / "m"))
+    assert code == 0, err
+    measured = json.loads((tmp_path / "m" / "measurements.json").read_text())[0]
+    assert measured["volume_ml"] == row["volume_ml"] and "no radiomics features" in measured["warnings"]
