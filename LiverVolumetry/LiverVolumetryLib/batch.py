@@ -161,9 +161,11 @@ def _series_read(item: InputCase) -> str:
     return choose_series(item.path, list_dicom_series(item.path), item.series_uid).uid
 
 
-def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTable, overwrite: bool) -> None:
-    """Refuse an output path that is a file, and a table row of the same case name that came
-    from another input (resuming would report that scan's results for this one)."""
+def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTable, overwrite: bool,
+                        bundle: ModelBundle | None = None) -> None:
+    """Refuse an output path that is a file, a table row of the same case name that came
+    from another input (resuming would report that scan's results for this one), and a
+    finished row of another model than ``bundle`` (one table would mix two models)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(out_dir, "is a file; the output must be a folder")
     files = [out_dir / TABLE_CSV, out_dir / TABLE_JSON,
@@ -181,13 +183,20 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
         if series and item.series_uid and series != item.series_uid and series != _series_read(item):
             raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another DICOM series "
                                                    f"({series}); use another output folder or --overwrite")
+        made_by = (row.get("model_name"), row.get("model_version"))
+        if (bundle is not None and table.finished(item.case) and not row.get("mask")
+                and made_by != (bundle.name, bundle.version)):
+            raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' segmented by model "
+                                                   f"{made_by[0]} {made_by[1]}, not {bundle.name} {bundle.version}; "
+                                                   "use another output folder or --overwrite")
 
 
-def _kept(table: ResultsTable, out_dir: Path, case: str) -> str | None:
+def _kept(table: ResultsTable, out_dir: Path, case: str, radiomics: bool) -> str | None:
     """Why a finished case is not segmented again (None: it is). A row ``measure`` wrote
     from a (hand-corrected) mask is kept whatever automatic files are there: redoing it
     would replace that measurement by the network's. A case whose input changed after its
-    files were written is redone, as ``make`` would."""
+    files were written is redone, as ``make`` would, and so is one measured without the
+    radiomics features asked for now."""
     if not table.finished(case):
         return None
     if table.rows[case].get("mask"):
@@ -195,9 +204,17 @@ def _kept(table: ResultsTable, out_dir: Path, case: str) -> str | None:
     outputs = CaseOutputs.for_case(out_dir, case).all()
     if not all(p.exists() for p in outputs):
         return None
+    if radiomics and not _has_radiomics(table.rows[case]):
+        return None  # segmented with --no-radiomics before
     if _modified_ns(Path(str(table.rows[case].get("input") or ""))) > min(p.stat().st_mtime_ns for p in outputs):
         return None  # the scan was replaced (re-exported, corrected) after this case was segmented
     return "already done"
+
+
+def _has_radiomics(row: dict) -> bool:
+    """Whether a row holds radiomics features, or says why it cannot (a region pyradiomics refused)."""
+    return (any(k.startswith("original_") and v is not None for k, v in row.items())
+            or "no radiomics features" in (row.get("warnings") or ""))
 
 
 def _modified_ns(path: Path) -> int:
@@ -222,8 +239,8 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
     reporter = reporter or Reporter()
     out_dir = Path(out_dir)
     table = ResultsTable(out_dir)
-    check_output_folder(cases, out_dir, table, overwrite)
     bundle = load_bundle(model)
+    check_output_folder(cases, out_dir, table, overwrite, bundle)
     device = resolve_device(device)
     rows = []
     reporter.start(len(cases))
@@ -232,7 +249,7 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
             # A finished case of this table (same input, checked above) whose files are not all
             # there any more is redone: what is left of its files is this table's own output.
             replace = overwrite or table.finished(item.case)
-            if not overwrite and (why := _kept(table, out_dir, item.case)):
+            if not overwrite and (why := _kept(table, out_dir, item.case, radiomics)):
                 reporter.case_done(item.case, "skipped", f"{why} (use --overwrite to redo)", 0.0)
                 rows.append(table.rows[item.case])
                 continue

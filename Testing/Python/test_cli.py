@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import dice, same_grid
 
+from LiverVolumetryLib.bundle import load_bundle
 from LiverVolumetryLib.cli import main
 from LiverVolumetryLib.phantom import make_phantom
 
@@ -400,3 +401,23 @@ def test_a_liver_too_small_for_radiomics_keeps_its_mask_and_volume_with_a_warnin
     assert code == 0, err
     measured = json.loads((tmp_path / "m" / "measurements.json").read_text())[0]
     assert measured["volume_ml"] == row["volume_ml"] and "no radiomics features" in measured["warnings"]
+
+
+def test_resume_adds_radiomics_asked_for_now_and_refuses_another_model(phantom_file, tmp_path, tiny_bundle, capsys):
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    assert main(["segment", str(path), "-o", str(out), "--progress", "none"]) == 0  # features asked for now: redone
+    row = json.loads((out / "measurements.json").read_text())[0]
+    assert sum(k.startswith("original_") for k in row) > 50
+    table = (out / "measurements.csv").read_text()
+    capsys.readouterr()
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "text"]) == 0
+    assert "skipped" in capsys.readouterr().err and (out / "measurements.csv").read_text() == table  # has more
+    assert main(["segment", str(path), "-o", str(out), "--model", str(tiny_bundle), "--progress", "none"]) == 1
+    err = capsys.readouterr().err.strip()
+    bundled = load_bundle()
+    assert err.endswith(f"{out / 'measurements.csv'}: already holds case 'case_a' segmented by model {bundled.name} "
+                        f"{bundled.version}, not tiny-test 0.0.0; use another output folder or --overwrite")
+    assert "\n" not in err
+    assert (out / "measurements.csv").read_text() == table
