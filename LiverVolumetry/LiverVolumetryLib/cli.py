@@ -134,11 +134,17 @@ def cmd_demo(args) -> int:
     from .phantom import make_phantom
     from .reporting import make_reporter
 
+    import numpy as np
+    import SimpleITK as sitk
+
     out = Path(args.output)
     image_path, truth_path = out / "phantom_image.nii.gz", out / "phantom_reference_liver.nii.gz"
-    if not image_path.exists() or args.overwrite:
-        import SimpleITK as sitk
-
+    if image_path.exists() and not args.overwrite:  # resumed: only if it is this seed's phantom
+        held, wanted = sitk.ReadImage(str(image_path)), make_phantom(args.seed).image  # views need their images
+        if not np.array_equal(sitk.GetArrayViewFromImage(held), sitk.GetArrayViewFromImage(wanted)):
+            raise LiverVolumetryError(f"{image_path}: is another phantom than seed {args.seed}'s (use --overwrite "
+                                      "to replace it, or another output folder)")
+    else:
         from .atomic import atomic_path
 
         print(f"generating a synthetic portal-venous MRI phantom (seed {args.seed}) in {out}/")

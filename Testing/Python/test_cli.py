@@ -421,3 +421,15 @@ def test_resume_adds_radiomics_asked_for_now_and_refuses_another_model(phantom_f
                         f"{bundled.version}, not tiny-test 0.0.0; use another output folder or --overwrite")
     assert "\n" not in err
     assert (out / "measurements.csv").read_text() == table
+
+
+def test_demo_resumes_only_its_own_seeds_phantom(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    first = capsys.readouterr().out
+    assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0  # same seed: resumed
+    assert "generating" not in capsys.readouterr().out and "generating" in first
+    assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none", "--seed", "5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{out / 'phantom_image.nii.gz'}: is another phantom than seed 5's (use --overwrite to "
+                        "replace it, or another output folder)") and "\n" not in err
