@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from LiverVolumetryLib.cli import label_values
+from LiverVolumetryLib.cli import label_values, path_text
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError
 from .recipes import RECIPES
 
@@ -202,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livervolumetry-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or resume) a run")
-    t.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
-    t.add_argument("--manifest", action="append", help="CSV with image,label[,case,liver_label,group]")
+    t.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
+    t.add_argument("--manifest", type=path_text, action="append", help="CSV with image,label[,case,liver_label,group]")
     t.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
-    t.add_argument("--run", "--run-dir", dest="run", required=True,
+    t.add_argument("--run", "--run-dir", type=path_text, dest="run", required=True,
                    help="run folder (config, log, checkpoints); re-run to resume (under torchrun: --run-dir)")
     t.add_argument("--recipe", default="liver-mri",
                    help=f"{', '.join(RECIPES)}, or a JSON file ({{\"base\": NAME, ...overrides}})")
@@ -218,24 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--phantoms", type=zero_or_more,
                    help="synthetic phantoms added to training (contrasts: the recipe's phantom_contrasts)")
     t.add_argument("--validate-every", type=at_least_one, default=250)
-    t.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
+    t.add_argument("--cache", type=path_text, help="preprocessing cache folder (default RUN/cache)")
     t.add_argument("--seed", type=zero_or_more, default=0)
-    t.add_argument("--init-from", metavar="BUNDLE", help="start from this model bundle's weights (fine-tuning); "
-                                                         "its network must be the recipe's")
+    t.add_argument("--init-from", type=path_text, metavar="BUNDLE",
+                   help="start from this model bundle's weights (fine-tuning); its network must be the recipe's")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("export", help="write a model bundle from a run")
-    e.add_argument("run")
-    e.add_argument("-o", "--out", required=True)
+    e.add_argument("run", type=path_text)
+    e.add_argument("-o", "--out", type=path_text, required=True)
     e.add_argument("--name", type=model_label, default="liver-mri")
     e.add_argument("--version", type=model_label, default="0.0.1")
     e.add_argument("--description", default="")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="last (default) or best; best is chosen on the run's validation cases, so its validation "
                         "Dice is optimistic")
-    e.add_argument("--card-notes", help="Markdown file appended to the generated MODEL.md (history, ablations)")
+    e.add_argument("--card-notes", type=path_text,
+                   help="Markdown file appended to the generated MODEL.md (history, ablations)")
     e.add_argument("--threshold", type=probability,
                    help="probability threshold (default: the recipe's), e.g. the one crossval chose")
-    e.add_argument("--crossval", help="cross-validation folder whose crossval.json goes into model.json and MODEL.md")
+    e.add_argument("--crossval", type=path_text,
+                   help="cross-validation folder whose crossval.json goes into model.json and MODEL.md")
     e.add_argument("--data-credit", help="where the training data comes from and its licence, for the model card "
                                          "('chaos': the CHAOS T2-SPIR credit; default: the number of cases and "
                                          "their folders)")
@@ -247,10 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
     x = sub.add_parser("crossval", help="k-fold cross-validation: train per fold, evaluate out-of-fold masks")
-    x.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
-    x.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable)")
+    x.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
+    x.add_argument("--manifest", type=path_text, action="append", help="CSV or JSON manifest (repeatable)")
     x.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
-    x.add_argument("--run", required=True, help="folder for fold runs, masks, evaluation; re-run to resume")
+    x.add_argument("--run", type=path_text, required=True,
+                   help="folder for fold runs, masks, evaluation; re-run to resume")
     x.add_argument("--recipe", default="liver-mri", help=f"{', '.join(RECIPES)}, or a JSON file")
     x.add_argument("-k", type=_whole_number(2), default=3, help="number of folds from a seeded shuffle (default 3)")
     x.add_argument("--folds", help='explicit folds, e.g. "1,8,15;3,10,19;5,13" (instead of -k)')
@@ -260,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--epochs", type=at_least_one, help="passes over the training volumes (epoch-based recipes)")
     x.add_argument("--phantoms", type=zero_or_more, help="synthetic phantoms added to each fold's training")
     x.add_argument("--validate-every", type=at_least_one, default=500)
-    x.add_argument("--cache", help="preprocessing cache folder (default RUN/cache)")
+    x.add_argument("--cache", type=path_text, help="preprocessing cache folder (default RUN/cache)")
     x.add_argument("--seed", type=zero_or_more, default=0)
     x.add_argument("--no-train", action="store_true", help="only segment and evaluate with existing fold runs")
     x.add_argument("--fold", type=int, help="train only this fold (0-based) and stop, e.g. to train folds side by "
@@ -270,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_crossval)
     c = sub.add_parser("convert", help="write a manifest (and NIfTI files where needed) for a public dataset")
     c.add_argument("dataset", choices=("chaos", "amos", "liverhccseg", "totalseg", "pairs"))
-    c.add_argument("source", help="the dataset's folder as downloaded")
-    c.add_argument("-o", "--out", required=True, help="output folder: manifest.csv and converted NIfTI files")
+    c.add_argument("source", type=path_text, help="the dataset's folder as downloaded")
+    c.add_argument("-o", "--out", type=path_text, required=True,
+                   help="output folder: manifest.csv and converted NIfTI files")
     c.add_argument("--sequences", nargs="+", choices=("t2spir", "t1-in", "t1-out"),
                    help="chaos: series to convert (default all three)")
     c.add_argument("--label-value", type=int, help="liver value in the source labels (default: amos 6, totalseg "
@@ -280,24 +284,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing manifest and converted files")
     c.set_defaults(func=cmd_convert)
     k = sub.add_parser("check", help="validate cases: files, case names, label grid, liver voxels")
-    k.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
-    k.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable)")
+    k.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
+    k.add_argument("--manifest", type=path_text, action="append", help="CSV or JSON manifest (repeatable)")
     k.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
     k.set_defaults(func=cmd_check)
     v = sub.add_parser("evaluate", help="Dice/HD95/ASSD, volume ICC and Bland-Altman, radiomics ICC vs reference masks")
-    v.add_argument("--data", action="append", help="folder of image_N/label_N pairs (repeatable)")
-    v.add_argument("--manifest", action="append", help="CSV or JSON manifest (repeatable; its 'group' column "
+    v.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
+    v.add_argument("--manifest", type=path_text, action="append",
+                   help="CSV or JSON manifest (repeatable; its 'group' column "
                                                        "enables the Mann-Whitney test of Dice between two groups)")
     v.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
-    v.add_argument("--model", help="model bundle folder (default: the bundled model)")
-    v.add_argument("--predictions", help="folder of ready-made masks <case>.nii.gz or <case>_liver.nii.gz "
+    v.add_argument("--model", type=path_text, help="model bundle folder (default: the bundled model)")
+    v.add_argument("--predictions", type=path_text,
+                   help="folder of ready-made masks <case>.nii.gz or <case>_liver.nii.gz "
                                          "instead of running a model")
     v.add_argument("--prediction-label", type=label_values, help="liver label value(s) in the --predictions masks, "
                                                                 "e.g. 5 for TotalSegmentator (default: any non-zero, "
                                                                 "if only one value)")
     v.add_argument("--no-radiomics", action="store_true", help="skip the radiomics agreement (much faster)")
     v.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu or cuda")
-    v.add_argument("-o", "--out", required=True, help="output folder (cases.csv, summary.json, report.md, plots)")
+    v.add_argument("-o", "--out", type=path_text, required=True,
+                   help="output folder (cases.csv, summary.json, report.md, plots)")
     v.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     v.set_defaults(func=cmd_evaluate)
     return parser

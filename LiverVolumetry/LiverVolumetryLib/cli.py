@@ -186,6 +186,13 @@ def cmd_model(args) -> int:
     return EXIT_OK
 
 
+def path_text(text: str) -> str:
+    """A path argument: never empty (an unset shell variable would mean the current folder), ``~`` expanded."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return os.path.expanduser(text)
+
+
 def label_values(text: str) -> tuple[int, ...]:
     """``--label``: one or more comma-separated integer label values."""
     try:
@@ -199,7 +206,7 @@ def label_values(text: str) -> tuple[int, ...]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    parser.add_argument("--model", type=path_text, help="model bundle folder (default: the bundled model)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "gpu"),
                         help="auto uses a CUDA GPU when present")
     parser.add_argument("--no-radiomics", action="store_true", help="only the liver volume, no radiomics features")
@@ -216,16 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment the liver and measure it for one or many scans")
-    seg.add_argument("inputs", nargs="+", help="image files (.nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd), DICOM series "
-                                               "folders, folders of images, or a CSV manifest (column 'image')")
-    seg.add_argument("-o", "--output", required=True, help="output folder")
+    seg.add_argument("inputs", nargs="+", type=path_text,
+                     help="image files (.nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd), DICOM series folders, folders of "
+                          "images, or a CSV manifest (column 'image')")
+    seg.add_argument("-o", "--output", required=True, type=path_text, help="output folder")
     seg.add_argument("--series", help=SERIES_HELP)
     _common(seg)
     seg.set_defaults(func=cmd_segment)
     mea = sub.add_parser("measure", help="volume and radiomics of a (hand-corrected) liver mask")
-    mea.add_argument("image")
-    mea.add_argument("mask", help="liver mask on the image's grid (.nii.gz, .nrrd, .seg.nrrd, ...)")
-    mea.add_argument("-o", "--output", help="output folder for measurements.csv/json (default: print only)")
+    mea.add_argument("image", type=path_text)
+    mea.add_argument("mask", type=path_text, help="liver mask on the image's grid (.nii.gz, .nrrd, .seg.nrrd, ...)")
+    mea.add_argument("-o", "--output", type=path_text,
+                     help="output folder for measurements.csv/json (default: print only)")
     mea.add_argument("--case", help="case name in the table (default: image file name)")
     mea.add_argument("--label", type=label_values, help="liver label value(s) in the mask, e.g. 6, or 1,2 for "
                                                         "liver plus lesions (default: any non-zero, if only one value)")
@@ -236,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'json' prints one JSON progress event per line on stdout")
     mea.set_defaults(func=cmd_measure)
     demo = sub.add_parser("demo", help="generate a phantom MRI and run everything on it (no data needed)")
-    demo.add_argument("-o", "--output", default="livervolumetry-demo")
+    demo.add_argument("-o", "--output", type=path_text, default="livervolumetry-demo")
     demo.add_argument("--seed", type=int, default=0)
     _common(demo)
     demo.set_defaults(func=cmd_demo)
     model = sub.add_parser("model", help="show the model bundle's card (and verify its checksum)")
-    model.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    model.add_argument("--model", type=path_text, help="model bundle folder (default: the bundled model)")
     model.set_defaults(func=cmd_model)
     return parser
 

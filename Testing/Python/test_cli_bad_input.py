@@ -184,3 +184,27 @@ def test_bad_input_keeps_an_existing_table_untouched(tmp_path, capsys):
     (out / "measurements.csv").write_text("case,volume_ml\nold,1000\n")
     assert main(["segment", str(missing(tmp_path)), "-o", str(out)]) == 1
     assert (out / "measurements.csv").read_text() == "case,volume_ml\nold,1000\n"
+
+
+@pytest.mark.parametrize("arguments", [["segment", "", "-o", "out"], ["segment", "scan.nii.gz", "-o", ""],
+                                       ["measure", "scan.nii.gz", " ", "-o", "out"], ["demo", "-o", ""],
+                                       ["segment", "scan.nii.gz", "-o", "out", "--model", ""]],
+                         ids=["input", "output", "mask", "demo output", "model"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys, arguments):
+    """What an unset shell variable gives: "" would be the current folder (segment every scan in it,
+    or write into it), and --model "" the bundled model."""
+    monkeypatch.chdir(tmp_path)
+    _write(_volume(), tmp_path / "scan.nii.gz", spacing=(3.0, 3.0, 5.0))
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    assert "an empty path (an unset shell variable?)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
+
+
+def test_a_tilde_in_the_output_folder_is_the_home_folder(tmp_path, monkeypatch):
+    from LiverVolumetryLib.cli import build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = build_parser().parse_args(["segment", "~/scan.nii.gz", "-o", "~/results"])
+    assert args.output == str(tmp_path / "results") and args.inputs == [str(tmp_path / "scan.nii.gz")]

@@ -330,3 +330,13 @@ def test_init_from_a_file_that_is_not_model_json_says_it_is_a_file(tiny_cases, t
                      str(tmp_path / "weights.json"), "--val-count", "1"])
     assert code == 1 and not run.exists()
     _one_line_error(capsys, "weights.json: is a file, not a model bundle")
+
+
+@pytest.mark.parametrize("arguments", [["train", "--data", "x", "--run", ""], ["evaluate", "--data", "", "-o", "e"],
+                                       ["export", "", "-o", "b"], ["crossval", "--data", "x", "--run", " "]])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys, arguments):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(arguments)
+    assert stopped.value.code == 2 and "an empty path (an unset shell variable?)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
