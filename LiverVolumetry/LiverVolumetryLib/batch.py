@@ -56,11 +56,14 @@ def ordered_row(row: dict) -> dict:
 class ResultsTable:
     """Rows keyed by case, kept on disk after every change (atomic CSV + JSON)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, overwrite: bool = False):
         from .outputs import read_measurements
 
         self.out_dir = out_dir
         self.existed = (out_dir / TABLE_JSON).is_file()
+        if not self.existed and (out_dir / TABLE_CSV).is_file() and not overwrite:  # its rows would be lost
+            raise OutputError(out_dir / TABLE_CSV, f"exists without {TABLE_JSON}, which a run reads to add to the "
+                                                   f"table: restore {TABLE_JSON}, or use another output folder")
         # In canonical order: a table written before a column existed (series_uid) gets it in its place.
         self.rows: dict[str, dict] = {str(r.get("case")): ordered_row(r)
                                       for r in read_measurements(out_dir / TABLE_JSON)}
@@ -238,7 +241,7 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
 
     reporter = reporter or Reporter()
     out_dir = Path(out_dir)
-    table = ResultsTable(out_dir)
+    table = ResultsTable(out_dir, overwrite)
     bundle = load_bundle(model)
     check_output_folder(cases, out_dir, table, overwrite, bundle)
     device = resolve_device(device)

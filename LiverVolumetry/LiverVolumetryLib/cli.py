@@ -92,7 +92,7 @@ def cmd_measure(args) -> int:
     case = args.case or case_id(args.image)
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # before the work
         raise OutputError(args.output, "is a file; the output must be a folder")
-    table = ResultsTable(Path(args.output)) if args.output else None
+    table = ResultsTable(Path(args.output)) if args.output else None  # --overwrite: this row only
     if table is not None and case in table.rows and not args.overwrite:  # before the work, not after
         raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
                                   f"'{case}' (use --overwrite to replace it)")

@@ -433,3 +433,23 @@ def test_demo_resumes_only_its_own_seeds_phantom(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"{out / 'phantom_image.nii.gz'}: is another phantom than seed 5's (use --overwrite to "
                         "replace it, or another output folder)") and "\n" not in err
+
+
+def test_a_table_csv_without_its_json_is_not_replaced(phantom_file, tmp_path, capsys):
+    """The JSON is what a run reads to add to the table: without it the CSV's rows would be lost."""
+    path, truth = phantom_file
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "measurements.csv").write_text("case,volume_ml\nearlier,1500\n")
+    mask = tmp_path / "mask.nii.gz"
+    sitk.WriteImage(truth, str(mask))
+    for arguments in (["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"],
+                      ["measure", str(path), str(mask), "-o", str(out), "--no-radiomics", "--overwrite"]):
+        assert main(arguments) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{out / 'measurements.csv'}: exists without measurements.json, which a run reads to "
+                            "add to the table: restore measurements.json, or use another output folder")
+        assert "\n" not in err
+        assert sorted(p.name for p in out.iterdir()) == ["measurements.csv"]
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none", "--overwrite"]) == 0
+    assert "earlier" not in (out / "measurements.csv").read_text()
