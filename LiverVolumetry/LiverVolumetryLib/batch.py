@@ -142,7 +142,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         row = {"case": item.case, "input": os.path.abspath(item.path), "series_uid": series_uid_of(image),
                **{k: _finite(v) for k, v in values.items()},
                "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
-               "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 3),
+               "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 4),
                "warnings": "; ".join(warnings), "status": "ok", "error": None}
         if record is not None:
             record(row)

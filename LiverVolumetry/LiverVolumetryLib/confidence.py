@@ -38,5 +38,15 @@ def confidence_warnings(fraction: float | None) -> list[str]:
     if fraction is None or fraction <= MAX_UNSURE_FRACTION:
         return []
     return [f"the network was unsure (probability {UNSURE_LOW:g}-{UNSURE_HIGH:g}) about a region "
-            f"{100 * fraction:.0f} % of the liver's size, "
+            f"{_percent(fraction)} % of the liver's size, "
             f"usually under {100 * MAX_UNSURE_FRACTION:.0f} %: check the whole mask"]
+
+
+def _percent(fraction: float) -> str:
+    """``fraction`` in per cent, with as many decimals as it takes to show it above the limit
+    (30.04 % is "30.04", not "30", which would read as the limit itself)."""
+    for digits in range(4):
+        text = f"{100 * fraction:.{digits}f}"
+        if float(text) > 100 * MAX_UNSURE_FRACTION:
+            return text
+    return text

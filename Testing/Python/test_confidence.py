@@ -80,3 +80,9 @@ def test_slicer_columns_keep_the_fraction_of_an_automatic_row_only():
     assert columns["unsure_fraction"] == 0.15 and list(columns).index("unsure_fraction") > list(columns).index("seconds")
     assert engine_cli.column_metadata("unsure_fraction")[1].startswith("Network voxels")
     assert "unsure_fraction" not in engine_cli.table_columns({**row, "unsure_fraction": None}, (1, 1, 1), "edited")
+
+
+def test_a_fraction_just_over_the_limit_is_not_shown_as_the_limit():
+    assert "45 % of the liver's size" in confidence_warnings(0.45)[0]
+    assert "30.04 % of the liver's size, usually under 30 %" in confidence_warnings(0.3004)[0]
+    assert confidence_warnings(0.3) == []
