@@ -120,12 +120,16 @@ NO_LIVER_LABEL = " (no voxel of the liver label)"
 def prediction_file(folder: Path, case: str, image: Path | None = None) -> Path:
     """The predicted mask of ``case`` in ``folder``: ``<case>.nii.gz`` or ``<case>_liver.nii.gz``
     (also .nii, .nrrd, .mha), or, named after the case's ``image`` as the engine names its
-    masks, ``<image name>_liver.nii.gz``; refuses none or several."""
+    masks, ``<image name>_liver.nii.gz``; a Slicer ``.seg.nrrd`` of those names where none of
+    them is there (its 'Liver' segment, as ``measure`` reads it); refuses none or several."""
     from LiverVolumetryLib.imageio import case_id
 
     stems = dict.fromkeys([case, f"{case}_liver"] + ([f"{case_id(image)}_liver"] if image is not None else []))
-    found = [folder / f"{stem}{suffix}" for stem in stems for suffix in _PREDICTION_SUFFIXES
-             if (folder / f"{stem}{suffix}").is_file()]
+    for suffixes in (_PREDICTION_SUFFIXES, (".seg.nrrd",)):  # a Slicer segmentation only where there is no other
+        found = [folder / f"{stem}{suffix}" for stem in stems for suffix in suffixes
+                 if (folder / f"{stem}{suffix}").is_file()]
+        if found:
+            break
     if not found:
         engine = f" or {case_id(image)}_liver.nii.gz" if image is not None else ""
         raise InputError(folder, f"case {case}: no prediction file {case}.nii.gz, {case}_liver.nii.gz{engine}")

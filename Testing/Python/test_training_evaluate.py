@@ -433,3 +433,20 @@ def test_cli_evaluate_on_the_models_training_cases_only_says_so(cases, tiny_bund
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["dice"]["n"] == 4 and summary["training_cases"] == ["0", "1", "2", "3"]
     assert "training-set figures, not validation" in summary["summary_covers"]
+
+
+def test_cli_evaluate_reads_a_slicer_segmentation_where_there_is_no_other_prediction(cases, tmp_path):
+    from LiverVolumetryLib.outputs import write_segmentation
+
+    predictions = tmp_path / "pred"
+    shutil.copytree(cases / "pred", predictions)
+    (predictions / "0.nii.gz").unlink()  # case 0: corrected in Slicer and saved as a segmentation only
+    reference = sitk.ReadImage(str(cases / "data" / "label_0.nii.gz"))
+    write_segmentation(reference, predictions / "0.seg.nrrd")
+    write_segmentation(sitk.Image(reference) * 0 + 1, predictions / "1_liver.seg.nrrd")  # beside 1.nii.gz: unused
+    out = tmp_path / "out"
+    assert main(["evaluate", "--manifest", str(cases / "manifest.csv"), "--predictions", str(predictions),
+                 "--no-radiomics", "-o", str(out)]) == 0
+    rows = _rows(out / "cases.csv")
+    assert float(rows["0"]["dice"]) == 1.0 and rows["0"]["source"].endswith("0.seg.nrrd")
+    assert float(rows["1"]["dice"]) == pytest.approx(14 / 15, abs=1e-6)  # still its .nii.gz
