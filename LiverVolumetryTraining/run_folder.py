@@ -9,9 +9,11 @@ train one model partly on what its record does not name, so it is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -232,3 +234,35 @@ def check_train_arguments(train_entries: Sequence[CaseEntry], val_entries: Seque
                                ("validate_every", validate_every, 1), ("phantoms", phantoms, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise LiverVolumetryError(f"{name} must be a whole number of at least {least}, got {value!r}")
+
+
+class RunInUseError(LiverVolumetryError):
+    """Another process is training in the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` (created if needed) for this process while it trains: a second
+    training started in the same folder is refused, since both would write ``last.pt`` and
+    the log and the weights would come from two runs. The lock (``flock`` on the folder) goes
+    with the process, so a killed run leaves none behind; without ``fcntl`` (Windows) there
+    is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunInUseError(f"{run_dir}: another training is running in this run folder (two would mix their "
+                                "checkpoints); wait for it to end, or use another --run folder") from None
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+

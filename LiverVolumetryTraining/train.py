@@ -10,6 +10,7 @@ the recipe's per-step batch is split across the ranks; rank 0 alone validates an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -30,8 +31,8 @@ from .dataset import CachedCase, CaseEntry, cached_case, preprocess_case
 from .distributed import DistContext, distributed_session, is_main_process, unwrap, wrap_model
 from .precision import autocast_dtype, guard_bf16_convolutions, precision_name
 from .recipes import expand_stages
-from .run_folder import (check_length, check_resume, check_run_folder, check_stage_lengths, check_train_arguments,
-                         entry_dicts, load_checkpoint, remove_unstarted_run)
+from .run_folder import (RunInUseError, check_length, check_resume, check_run_folder, check_stage_lengths,
+                         check_train_arguments, entry_dicts, load_checkpoint, remove_unstarted_run, run_lock)
 from .run_log import RunLog
 from .sampling import build_sampler, iterations_per_epoch, total_iterations
 
@@ -181,19 +182,23 @@ def train(run_dir: str | Path, recipe: dict, train_entries: Sequence[CaseEntry],
     created = not run_dir.exists()
     fresh = created or (run_dir.is_dir() and not any(run_dir.iterdir()))
     try:
-        if recipe.get("stages"):
-            if epochs is not None:
-                raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} has stages: set each stage's length "
-                                          "in the recipe, or the total with --iterations")
-            stages = expand_stages(recipe)  # checks the stages before any work
-            counts = stage_iterations(stages, len(train_entries), iterations)
+        with run_lock(run_dir) if is_main_process() else contextlib.nullcontext():
+            if recipe.get("stages"):
+                if epochs is not None:
+                    raise LiverVolumetryError(f"recipe {recipe.get('name', '?')!r} has stages: set each stage's "
+                                              "length in the recipe, or the total with --iterations")
+                stages = expand_stages(recipe)  # checks the stages before any work
+                counts = stage_iterations(stages, len(train_entries), iterations)
+                with distributed_session(device) as ctx:
+                    return _train_stages(ctx, run_dir, recipe, stages, counts, list(train_entries),
+                                         list(val_entries), cache_dir, phantoms, validate_every, seed, log, progress,
+                                         init_from)
             with distributed_session(device) as ctx:
-                return _train_stages(ctx, run_dir, recipe, stages, counts, list(train_entries), list(val_entries),
-                                     cache_dir, phantoms, validate_every, seed, log, progress, init_from)
-        with distributed_session(device) as ctx:
-            return _train(ctx, run_dir, recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
-                          total_iterations(recipe, len(train_entries), iterations, epochs), validate_every, seed,
-                          log, progress, init_from)
+                return _train(ctx, run_dir, recipe, list(train_entries), list(val_entries), cache_dir, phantoms,
+                              total_iterations(recipe, len(train_entries), iterations, epochs), validate_every, seed,
+                              log, progress, init_from)
+    except RunInUseError:
+        raise  # the folder is the other training's: leave it alone
     except Exception:
         if fresh and is_main_process():
             remove_unstarted_run(run_dir, created)

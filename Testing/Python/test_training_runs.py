@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,21 @@ def test_a_run_without_validation_cases_says_so_instead_of_a_nan_dice(pairs, rec
     assert main(train_args(pairs, tmp_path / "run", recipe_file, "--val-count", "0")) == 0
     out = capsys.readouterr().out
     assert "it 2/2 loss" in out and "no validation cases" in out and "nan" not in out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the run lock is flock, which Windows lacks")
+@pytest.mark.parametrize("folder", ["new and empty", "trained"])
+def test_a_second_training_in_a_run_folder_in_use_is_refused_and_leaves_it_alone(pairs, recipe_file, trained_run,
+                                                                                  tmp_path, capsys, folder):
+    from LiverVolumetryTraining.run_folder import run_lock
+
+    run = tmp_path / "empty" if folder == "new and empty" else tmp_path / "run"
+    if folder == "trained":
+        shutil.copytree(trained_run, run)
+    before = files_of(run) if run.exists() else None
+    with run_lock(run):  # a training in progress, as another process holds it
+        assert main(train_args(pairs, run, recipe_file, "--val-cases", "3", "--iterations", "3")) == 1
+    assert one_line_error(capsys).endswith(f"{run}: another training is running in this run folder (two would mix "
+                                           "their checkpoints); wait for it to end, or use another --run folder")
+    assert run.is_dir() and files_of(run) == (before or {})
+    assert main(train_args(pairs, run, recipe_file, "--val-cases", "3", "--iterations", "3")) == 0  # free again
