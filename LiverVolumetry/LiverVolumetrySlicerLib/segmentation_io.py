@@ -20,7 +20,10 @@ from .engine_cli import labelmap_checksum
 
 LIVER_COLOR = tuple(channel / 255.0 for channel in LIVER_COLOR_RGB)
 CHECKSUM_ATTRIBUTE = "LiverVolumetry.LiverChecksum"
-INPUT_ATTRIBUTE = "LiverVolumetry.InputVolumeID"  # the volume whose liver the module wrote here
+# The volume whose liver the module wrote here: a node reference, which Slicer keeps right when a
+# scene is imported and node IDs are renamed (attributes are not); the attribute of older scenes is read.
+INPUT_REFERENCE_ROLE = "LiverVolumetryInputVolume"
+INPUT_ATTRIBUTE = "LiverVolumetry.InputVolumeID"
 MODEL_ATTRIBUTE_PREFIX = "LiverVolumetry."
 
 
@@ -70,15 +73,23 @@ def create_segmentation(volume_node):
     # Under the volume's transform first: the geometry is taken into the segmentation's current frame.
     segmentation.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())  # moves with the volume
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    segmentation.SetAttribute(INPUT_ATTRIBUTE, volume_node.GetID())
+    _remember_input(segmentation, volume_node)
     return segmentation
 
 
 def made_for_another_volume(segmentation_node, volume_node) -> bool:
     """True if the module wrote this segmentation's liver for a volume other than ``volume_node``
     (it is then not that volume's output: segmenting into it would overwrite the other liver)."""
-    made_for = segmentation_node.GetAttribute(INPUT_ATTRIBUTE) if segmentation_node else None
-    return bool(made_for and volume_node and made_for != volume_node.GetID())
+    if not segmentation_node or not volume_node:
+        return False
+    made_for = segmentation_node.GetNodeReferenceID(INPUT_REFERENCE_ROLE) or segmentation_node.GetAttribute(
+        INPUT_ATTRIBUTE)
+    return bool(made_for and made_for != volume_node.GetID())
+
+
+def _remember_input(segmentation_node, volume_node) -> None:
+    segmentation_node.SetNodeReferenceID(INPUT_REFERENCE_ROLE, volume_node.GetID())
+    segmentation_node.RemoveAttribute(INPUT_ATTRIBUTE)  # of an older scene
 
 
 def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume) -> str:
@@ -106,7 +117,7 @@ def import_liver_mask(mask_file: str | Path, segmentation_node, reference_volume
     finally:
         slicer.mrmlScene.RemoveNode(labelmap)
     _style_liver_segment(segmentation_node, segment_id)
-    segmentation_node.SetAttribute(INPUT_ATTRIBUTE, reference_volume.GetID())
+    _remember_input(segmentation_node, reference_volume)
     segmentation_node.CreateClosedSurfaceRepresentation()
     remember_written_segment(segmentation_node, reference_volume)
     return segment_id

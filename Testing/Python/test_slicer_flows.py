@@ -257,6 +257,7 @@ def test_a_new_segmentation_takes_the_volumes_geometry_in_its_own_frame(module, 
                                    GetTransformNodeID=lambda: "vtkMRMLLinearTransformNode4")
     module.segmentation_io.create_segmentation(volume)
     assert calls.index("SetAndObserveTransformNodeID") < calls.index("SetReferenceImageGeometryParameterFromVolumeNode")
+    assert "SetNodeReferenceID" in calls and "SetAttribute" not in calls  # the input, as a reference Slicer remaps
 
 
 # --------------------------------------------------------------------------- table export

@@ -269,8 +269,12 @@ def test_an_output_written_for_another_volume_is_not_this_volumes_output(glue):
     io = glue.jobs.segmentation_io
 
     class Node:
-        def __init__(self, node_id, made_for=None):
-            self.node_id, self.attributes = node_id, {io.INPUT_ATTRIBUTE: made_for} if made_for else {}
+        def __init__(self, node_id, made_for=None, older_scene=False):
+            self.node_id, self.attributes, self.references = node_id, {}, {}
+            if made_for and older_scene:  # recorded as an attribute by earlier versions
+                self.attributes[io.INPUT_ATTRIBUTE] = made_for
+            elif made_for:
+                self.references[io.INPUT_REFERENCE_ROLE] = made_for
 
         def GetID(self):
             return self.node_id
@@ -278,12 +282,16 @@ def test_an_output_written_for_another_volume_is_not_this_volumes_output(glue):
         def GetAttribute(self, name):
             return self.attributes.get(name)
 
+        def GetNodeReferenceID(self, role):
+            return self.references.get(role)
+
     volume_a, volume_b = Node("vtkMRMLScalarVolumeNode1"), Node("vtkMRMLScalarVolumeNode2")
-    liver_a = Node("vtkMRMLSegmentationNode1", made_for=volume_a.GetID())
-    assert io.made_for_another_volume(liver_a, volume_b)
-    assert not io.made_for_another_volume(liver_a, volume_a)
-    assert not io.made_for_another_volume(Node("vtkMRMLSegmentationNode2"), volume_b)  # the user's own
-    assert not io.made_for_another_volume(None, volume_b) and not io.made_for_another_volume(liver_a, None)
+    for older_scene in (False, True):
+        liver_a = Node("vtkMRMLSegmentationNode1", made_for=volume_a.GetID(), older_scene=older_scene)
+        assert io.made_for_another_volume(liver_a, volume_b)
+        assert not io.made_for_another_volume(liver_a, volume_a)
+        assert not io.made_for_another_volume(Node("vtkMRMLSegmentationNode2"), volume_b)  # the user's own
+        assert not io.made_for_another_volume(None, volume_b) and not io.made_for_another_volume(liver_a, None)
 
 
 def test_a_liver_edited_during_the_run_is_kept(segmentation_job):
