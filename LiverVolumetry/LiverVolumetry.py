@@ -116,10 +116,10 @@ class LiverVolumetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def onNodeAdded(self, caller, event, node) -> None:
-        """Select the volume loaded last as input (labelmaps, our own nodes and the nodes of a
-        scene being loaded excepted: the loaded scene's parameter node has its own input)."""
-        if (self._parameterNode is None or self.logic.busy or slicer.mrmlScene.IsImporting()
-                or not segmentation_io.is_image_volume(node)):
+        """Select the volume loaded last as input while the module is shown (not a labelmap, our
+        own node, another module's volume, or one of a scene being loaded: it has its own input)."""
+        if (self._parameterNode is None or not self.parent.isEntered or self.logic.busy
+                or slicer.mrmlScene.IsImporting() or not segmentation_io.is_image_volume(node)):
             return
         self._parameterNode.inputVolume = node
 

@@ -113,6 +113,7 @@ def _widget(module):
              "modelPathLineEdit", "modelInfoLabel", "progressBar", "resultLabel", "logTextEdit")
     widget.ui = types.SimpleNamespace(**{name: _Widget(enabled=True, text="", value=0, format="") for name in names})
     widget.logic = FakeLogic()
+    widget.parent = types.SimpleNamespace(isEntered=True)  # the module is shown
     widget._parameterNode = types.SimpleNamespace(inputVolume=FakeVolume(), outputSegmentation=None,
                                                   device="cpu", computeRadiomics=False, useCustomModel=False,
                                                   customModelPath=Path("."))
@@ -184,14 +185,18 @@ class LoadedVolume(FakeVolume):
         return class_name == "vtkMRMLScalarVolumeNode"
 
 
-@pytest.mark.parametrize("importing", [False, True])
-def test_a_volume_loaded_becomes_the_input_unless_a_scene_is_being_loaded(module, importing):
-    """A loaded scene brings its own parameter node and input; its volumes do not override it."""
+@pytest.mark.parametrize("importing, shown", [(False, True), (True, True), (False, False)],
+                         ids=["loaded", "scene loading", "module not shown"])
+def test_a_volume_loaded_becomes_the_input_unless_a_scene_is_being_loaded(module, importing, shown):
+    """A loaded scene brings its own parameter node and input; its volumes do not override it.
+    Nor do volumes added while another module is shown (Segment Editor's masked volume, a
+    resampled copy): they would take the input and the output away from the user's liver."""
     widget = _widget(module)
+    widget.parent.isEntered = shown
     before, loaded = widget._parameterNode.inputVolume, LoadedVolume()
     module.slicer_stand_in.mrmlScene = types.SimpleNamespace(IsImporting=lambda: importing)
     widget.onNodeAdded(None, None, loaded)
-    assert widget._parameterNode.inputVolume is (before if importing else loaded)
+    assert widget._parameterNode.inputVolume is (loaded if shown and not importing else before)
 
 
 # --------------------------------------------------------------------------- closing Slicer during a run
