@@ -194,8 +194,9 @@ def export_liver_mask(segmentation_node, reference_volume, path: str | Path) -> 
             raise RuntimeError(f"Slicer could not write the liver mask to {path}.")
     finally:
         display = labelmap.GetDisplayNode()
-        if display is not None and display.GetColorNode() is not None:
-            slicer.mrmlScene.RemoveNode(display.GetColorNode())
+        color = display.GetColorNode() if display is not None else None
+        if color is not None and not color.GetSingletonTag():  # the export's own table, not a shared default one
+            slicer.mrmlScene.RemoveNode(color)
         slicer.mrmlScene.RemoveNode(labelmap)
 
 

@@ -113,6 +113,7 @@ MRML_METHODS = {
     "GetSegmentIdBySegmentName": SEGMENTATION_H,
     "GetSegmentation": SEGMENTATION_NODE_H,
     "GetSelectionNode": SEGMENT_STATISTICS + "; Modules/Loadable/Tables/qSlicerTablesReader.cxx",
+    "GetSingletonTag": "Libs/MRML/Core/vtkMRMLNode.h",
     "GetSpacing": UTIL + " (itkImageFromVolume)",
     "GetSubjectHierarchyNode": UTIL + " (slicer.mrmlScene)",
     "GetTable": TABLE_NODE_H,

@@ -355,3 +355,22 @@ def test_a_segmentation_with_two_liver_segments_is_refused_before_any_work(modul
         with pytest.raises(RuntimeError, match=rf"'corrected' has {livers} segments named 'Liver' .*ambiguous"):
             start()
     assert work == []
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["its own colour table", "a shared default one"])
+def test_a_failed_mask_export_removes_its_labelmap_but_never_a_shared_colour_table(module, monkeypatch, shared):
+    removed = []
+    color = types.SimpleNamespace(GetSingletonTag=lambda: "GenericAnatomyColors" if shared else None)
+    labelmap = types.SimpleNamespace(GetDisplayNode=lambda: types.SimpleNamespace(GetColorNode=lambda: color))
+    stand_in, io = module.slicer_stand_in, module.segmentation_io
+    monkeypatch.setattr(stand_in, "mrmlScene", types.SimpleNamespace(AddNewNodeByClass=lambda *args: labelmap,
+                                                                      RemoveNode=removed.append), raising=False)
+    logic = types.SimpleNamespace(ExportSegmentsToLabelmapNode=lambda *args: False)
+    monkeypatch.setattr(stand_in, "modules", types.SimpleNamespace(
+        segmentations=types.SimpleNamespace(logic=lambda: logic)), raising=False)
+    monkeypatch.setattr(io.vtk, "vtkStringArray", lambda: types.SimpleNamespace(InsertNextValue=lambda v: None),
+                        raising=False)
+    node = types.SimpleNamespace(GetSegmentation=lambda: _Segments("Liver"), GetName=lambda: "liver")
+    with pytest.raises(RuntimeError, match="could not export the liver segment"):
+        io.export_liver_mask(node, object(), "mask.nrrd")
+    assert removed == ([labelmap] if shared else [color, labelmap])
