@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -96,22 +97,26 @@ def cmd_measure(args) -> int:
     if table is not None and case in table.rows and not args.overwrite:  # before the work, not after
         raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
                                   f"'{case}' (use --overwrite to replace it)")
-    reporter = make_reporter(args.progress)
+    reporter, start = make_reporter(args.progress), time.perf_counter()
+    reporter.start(1)
     reporter.progress(case, 0.0, "load")
     image = read_image(args.image, args.series)
     mask = read_mask(args.mask, reference=image, label=args.label)
     try:
-        values, warnings = measure_keeping_volume(
+        values, measure_warnings = measure_keeping_volume(
             image, mask, radiomics=not args.no_radiomics,
             progress=lambda fraction, stage: reporter.progress(case, 0.05 + 0.9 * fraction, stage))
     except LiverVolumetryError as error:  # measure() knows no file names: add the mask's
-        raise LiverVolumetryError(f"{args.mask}: {error}") from None
-    finally:
         reporter.close()
+        raise LiverVolumetryError(f"{args.mask}: {error}") from None
+    reporter.progress(case, 1.0, "done")
+    reporter.case_done(case, "ok", None, round(time.perf_counter() - start, 2))
+    reporter.close()
     row = {"case": case, "input": os.path.abspath(args.image), "series_uid": series_uid_of(image),
            "mask": os.path.abspath(args.mask),
            **values,
-           "warnings": "; ".join(segment_name_warnings(args.mask) + warnings + plausibility_warnings(image, mask)),
+           "warnings": "; ".join(segment_name_warnings(args.mask) + measure_warnings
+                                 + plausibility_warnings(image, mask)),
            "status": "ok", "error": None}
     say = (lambda text: print(text, file=sys.stderr)) if args.progress == "json" else print
     say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +
@@ -119,8 +124,10 @@ def cmd_measure(args) -> int:
     if table is not None:
         table.put(row)
         say(f"wrote {Path(args.output) / 'measurements.csv'}")
-        automatic = [p.name for p in CaseOutputs.for_case(Path(args.output), case).all() if p.exists()]
-        if automatic:  # a segment output folder: its files of this case are the network's, not this mask
+        files = [p for p in CaseOutputs.for_case(Path(args.output), case).all() if p.exists()]
+        automatic = [p.name for p in files]
+        if automatic and not any(os.path.samefile(p, args.mask) for p in files):
+            # a segment output folder: its files of this case are the network's, not this mask
             verb = "is" if len(automatic) == 1 else "are"
             say(f"note: {', '.join(automatic)} in that folder {verb} still the automatic segmentation; the row now "
                 f"measures {args.mask} (and a later segment run keeps it)")

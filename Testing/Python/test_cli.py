@@ -453,3 +453,16 @@ def test_a_table_csv_without_its_json_is_not_replaced(phantom_file, tmp_path, ca
         assert sorted(p.name for p in out.iterdir()) == ["measurements.csv"]
     assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none", "--overwrite"]) == 0
     assert "earlier" not in (out / "measurements.csv").read_text()
+
+
+def test_measure_reports_json_progress_from_start_to_done_and_no_note_about_its_own_mask(phantom_file, tmp_path):
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    code, stdout, err = run_cli("measure", str(path), str(out / "case_a_liver.nii.gz"), "-o", str(out),
+                                "--no-radiomics", "--overwrite", "--progress", "json")
+    assert code == 0, err
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "case_done" and events[-1]["status"] == "ok"
+    assert [e["fraction"] for e in events if e["event"] == "progress"][-1] == 1.0
+    assert "note:" not in err  # the row measures the folder's own automatic mask: nothing to tell apart
