@@ -287,20 +287,14 @@ def _first_series_uid(folder: Path) -> str | None:
         return None  # reading the case says why
 
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)+")  # a DICOM UID, not a series description
-
-
 def _check_split_series(cases: Sequence[InputCase]) -> None:
     """Refuse one DICOM series found in two case folders (its files split over folders, or
     a study copied twice): each would be a partial or repeated volume, counted as a patient."""
     seen: dict[str, InputCase] = {}
     for case in cases:
-        if not case.path.is_dir():
+        if not case.path.is_dir() or case.series_uid is not None:  # a chosen series: checked when read
             continue
-        if case.series_uid is not None:  # a series chosen by UID (a description picks one per folder)
-            uid = case.series_uid if _UID.fullmatch(case.series_uid) else None
-        else:
-            uid = _first_series_uid(case.path)
+        uid = _first_series_uid(case.path)
         if uid and uid in seen:
             raise InputError(case.path, f"holds DICOM series {uid}, as {seen[uid].path} does (one series split "
                                         "over folders, or a copy): put its files in one folder, or leave the copy out")
