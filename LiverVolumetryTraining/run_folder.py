@@ -10,6 +10,7 @@ train one model partly on what its record does not name, so it is refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -245,8 +246,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` (created if needed) for this process while it trains: a second
     training started in the same folder is refused, since both would write ``last.pt`` and
     the log and the weights would come from two runs. The lock (``flock`` on the folder) goes
-    with the process, so a killed run leaves none behind; without ``fcntl`` (Windows) there
-    is no lock."""
+    with the process, so a killed run leaves none behind; without ``fcntl`` (Windows), or on
+    a file system without folder locks (NFS), there is no lock."""
     try:
         import fcntl
     except ImportError:
@@ -259,9 +260,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunInUseError(f"{run_dir}: another training is running in this run folder (two would mix their "
-                                "checkpoints); wait for it to end, or use another --run folder") from None
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunInUseError(f"{run_dir}: another training is running in this run folder (two would mix "
+                                    "their checkpoints); wait for it to end, or use another --run folder") from None
+            # No folder locks on this file system (NFS, Lustre without flock): train unguarded.
         yield
     finally:
         os.close(handle)  # releases the lock

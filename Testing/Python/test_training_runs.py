@@ -274,3 +274,19 @@ def test_a_second_training_in_a_run_folder_in_use_is_refused_and_leaves_it_alone
                                            "their checkpoints); wait for it to end, or use another --run folder")
     assert run.is_dir() and files_of(run) == (before or {})
     assert main(train_args(pairs, run, recipe_file, "--val-cases", "3", "--iterations", "3")) == 0  # free again
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the run lock is flock, which Windows lacks")
+def test_a_file_system_without_folder_locks_trains_unguarded(tmp_path, monkeypatch):
+    """NFS refuses flock on a folder (EBADF): that is no lock, not another training."""
+    import errno
+    import fcntl
+
+    from LiverVolumetryTraining.run_folder import run_lock
+
+    def nfs_flock(handle, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    with run_lock(tmp_path / "run"):
+        assert (tmp_path / "run").is_dir()
