@@ -94,9 +94,12 @@ def cmd_measure(args) -> int:
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # before the work
         raise OutputError(args.output, "is a file; the output must be a folder")
     table = ResultsTable(Path(args.output)) if args.output else None  # --overwrite: this row only
-    if table is not None and case in table.rows and not args.overwrite:  # before the work, not after
+    # A segment row is replaced by the corrected mask's measurement (the workflow); a row measured
+    # from another mask only with --overwrite. Before the work, not after.
+    if table is not None and table.rows.get(case, {}).get("mask") and not args.overwrite:
         raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
-                                  f"'{case}' (use --overwrite to replace it)")
+                                  f"'{case}' measured from {table.rows[case]['mask']} (use --overwrite to "
+                                  "replace it)")
     reporter, start = make_reporter(args.progress), time.perf_counter()
     reporter.start(1)
     reporter.progress(case, 0.0, "load")
@@ -134,47 +137,64 @@ def cmd_measure(args) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args) -> int:
-    from .batch import run_segmentation
-    from .inputs import InputCase
-    from .outputs import write_mask
-    from .phantom import make_phantom
-    from .reporting import make_reporter
-
+def _demo_phantom(out: Path, seed: int, overwrite: bool) -> tuple[Path, Path, bool]:
+    """The demo's phantom scan and true liver in ``out`` (made unless this seed's are there);
+    returns their paths and whether they were made now."""
     import numpy as np
     import SimpleITK as sitk
 
-    out = Path(args.output)
-    image_path, truth_path = out / "phantom_image.nii.gz", out / "phantom_reference_liver.nii.gz"
-    if image_path.exists() and not args.overwrite:  # resumed: only if it is this seed's phantom
-        held, wanted = sitk.ReadImage(str(image_path)), make_phantom(args.seed).image  # views need their images
-        if not np.array_equal(sitk.GetArrayViewFromImage(held), sitk.GetArrayViewFromImage(wanted)):
-            raise LiverVolumetryError(f"{image_path}: is another phantom than seed {args.seed}'s (use --overwrite "
-                                      "to replace it, or another output folder)")
-    else:
-        from .atomic import atomic_path
+    from .atomic import atomic_path
+    from .errors import InputError
+    from .outputs import write_mask
+    from .phantom import make_phantom
 
-        print(f"generating a synthetic portal-venous MRI phantom (seed {args.seed}) in {out}/")
-        phantom = make_phantom(args.seed)
-        with atomic_path(image_path) as tmp:
-            sitk.WriteImage(phantom.image, str(tmp), True)
-        write_mask(phantom.liver, truth_path)
+    # Named so that the scan's case name is the demo's case, "phantom" (as measure names it).
+    image_path, truth_path = out / "phantom.nii.gz", out / "phantom_reference_liver.nii.gz"
+    if image_path.exists() and truth_path.exists() and not overwrite:  # resumed: only if it is this seed's
+        try:
+            held = sitk.ReadImage(str(image_path))
+        except RuntimeError:
+            raise InputError(image_path, "cannot be read as the demo's phantom (use --overwrite to make it "
+                                         "again)") from None
+        wanted = make_phantom(seed).image  # kept alive beside its array view
+        if not np.array_equal(sitk.GetArrayViewFromImage(held), sitk.GetArrayViewFromImage(wanted)):
+            raise LiverVolumetryError(f"{image_path}: is another phantom than seed {seed}'s (use --overwrite "
+                                      "to replace it, or another output folder)")
+        return image_path, truth_path, False
+    print(f"generating a synthetic portal-venous MRI phantom (seed {seed}) in {out}/")
+    phantom = make_phantom(seed)
+    with atomic_path(image_path) as tmp:
+        sitk.WriteImage(phantom.image, str(tmp), True)
+    write_mask(phantom.liver, truth_path)
+    return image_path, truth_path, True
+
+
+def cmd_demo(args) -> int:
+    from .batch import run_segmentation
+    from .inputs import InputCase
+    from .masks import read_mask
+    from .measure import dice, liver_volume_ml
+    from .reporting import make_reporter
+
+    out = Path(args.output)
+    image_path, truth_path, _ = _demo_phantom(out, args.seed, args.overwrite)
+    mask_path = out / "phantom_liver.nii.gz"
+    before = mask_path.stat().st_mtime_ns if mask_path.exists() else None
     rows = run_segmentation([InputCase("phantom", image_path)], out, model=args.model, device=args.device,
                             radiomics=not args.no_radiomics, overwrite=args.overwrite,
                             reporter=make_reporter(args.progress))
     row = rows[0]
     if row.get("status") == "failed":
         raise LiverVolumetryError(row["error"])
-    from .masks import read_mask
-    from .measure import dice, liver_volume_ml
-
     reference = read_mask(truth_path)
-    overlap = dice(read_mask(out / "phantom_liver.nii.gz", reference=reference), reference)
+    overlap = dice(read_mask(mask_path, reference=reference), reference)
     features = sum(1 for k in row if k.startswith("original_"))
+    when = " (the earlier run's)" if before == mask_path.stat().st_mtime_ns else ""  # resumed, not redone
     print(f"liver volume {row['volume_ml']:.1f} mL (phantom truth {liver_volume_ml(reference):.1f} mL), "
           f"Dice {overlap:.3f} against the phantom's true liver, {features} radiomics features, "
-          f"{row['seconds']:.1f} s on {row['device']}{_check_text(row)}")
-    print(f"outputs in {out}/: phantom_liver.nii.gz, phantom_liver.seg.nrrd, phantom_qc.png, measurements.csv")
+          f"{row['seconds']:.1f} s on {row['device']}{when}{_check_text(row)}")
+    print(f"in {out}/: the scan phantom.nii.gz and its true liver phantom_reference_liver.nii.gz; outputs "
+          "phantom_liver.nii.gz, phantom_liver.seg.nrrd, phantom_qc.png, measurements.csv/.json")
     return EXIT_OK
 
 
@@ -247,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "liver plus lesions (default: any non-zero, if only one value)")
     mea.add_argument("--series", help=SERIES_HELP)
     mea.add_argument("--no-radiomics", action="store_true")
-    mea.add_argument("--overwrite", action="store_true", help="replace this case's row if the table has one")
+    mea.add_argument("--overwrite", action="store_true",
+                     help="replace a row of this case measured before from a mask (a segment row is replaced anyway)")
     mea.add_argument("--progress", default="none", choices=("none", "text", "json"),
                      help="'json' prints one JSON progress event per line on stdout")
     mea.set_defaults(func=cmd_measure)

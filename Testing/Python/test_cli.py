@@ -428,11 +428,23 @@ def test_demo_resumes_only_its_own_seeds_phantom(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
     first = capsys.readouterr().out
     assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0  # same seed: resumed
-    assert "generating" not in capsys.readouterr().out and "generating" in first
+    again = capsys.readouterr().out
+    assert "generating" not in again and "generating" in first and "on cpu (the earlier run's)" in again
+    assert "(the earlier run's)" not in first
     assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none", "--seed", "5"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"{out / 'phantom_image.nii.gz'}: is another phantom than seed 5's (use --overwrite to "
+    assert err.endswith(f"{out / 'phantom.nii.gz'}: is another phantom than seed 5's (use --overwrite to "
                         "replace it, or another output folder)") and "\n" not in err
+    (out / "phantom.nii.gz").write_bytes(b"damaged")
+    assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{out / 'phantom.nii.gz'}: cannot be read as the demo's phantom (use --overwrite to make "
+                        "it again)") and "\n" not in err
+    # The demo's scan is named after its case: measuring it names the same row.
+    assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none", "--overwrite"]) == 0
+    assert main(["measure", str(out / "phantom.nii.gz"), str(out / "phantom_liver.seg.nrrd"), "-o", str(out),
+                 "--no-radiomics"]) == 0
+    assert [r["case"] for r in json.loads((out / "measurements.json").read_text())] == ["phantom"]
 
 
 def test_a_table_csv_without_its_json_is_not_replaced(phantom_file, tmp_path, capsys):

@@ -123,11 +123,11 @@ def test_engine_runs_end_to_end_on_python_3_9(tmp_path, monkeypatch):
     demo = tmp_path / "demo"
     printed = engine("demo", "-o", str(demo), "--no-radiomics", "--device", "cpu", "--progress", "none")
     assert float(printed.split("Dice ")[1].split()[0]) > 0.9, printed
-    image, out = demo / "phantom_image.nii.gz", tmp_path / "job"
+    image, out = demo / "phantom.nii.gz", tmp_path / "job"
     events = [engine_cli.parse_line(line) for line in
               engine(*engine_cli.segment_arguments(image, out, "cpu", radiomics=False)).splitlines()]
     assert [e.kind for e in events if e is not None][-1] == "case_done"
-    segmented = engine_cli.read_case_row(out, "phantom_image")
-    engine(*engine_cli.measure_arguments(image, demo / "phantom_liver.seg.nrrd", out, "phantom_image", radiomics=False))
-    measured = engine_cli.read_case_row(out, "phantom_image")
+    segmented = engine_cli.read_case_row(out, "phantom")
+    engine(*engine_cli.measure_arguments(image, demo / "phantom_liver.seg.nrrd", out, "phantom", radiomics=False))
+    measured = engine_cli.read_case_row(out, "phantom")
     assert measured["volume_ml"] == pytest.approx(segmented["volume_ml"], rel=1e-6)
