@@ -9,6 +9,7 @@ keeps every finished case and a re-run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import math
 import os
 import time
@@ -20,11 +21,11 @@ import SimpleITK as sitk
 from .atomic import atomic_path, interrupts_deferred, remove_stale_parts
 from .bundle import ModelBundle, load_bundle
 from .errors import CancelledError, InputError, LiverVolumetryError, OutputError
-from .inputs import InputCase
+from .inputs import InputCase, looks_like_dicom_file
 from .reporting import Reporter
 
 LEADING_COLUMNS = ("case", "input", "series_uid", "volume_ml", "voxel_count")
-TRAILING_COLUMNS = ("model_name", "model_version", "device", "seconds", "unsure_fraction", "warnings", "status",
+TRAILING_COLUMNS = ("input_modified", "model_name", "model_version", "device", "seconds", "unsure_fraction", "warnings", "status",
                     "error")
 TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
 
@@ -113,6 +114,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         return lambda fraction, name: reporter.progress(item.case, lo + (hi - lo) * fraction, name)
 
     stage(0, 1)(0.0, "load")
+    modified = input_modified(item.path)  # before reading: a change while it runs is seen next time
     image = read_image(item.path, item.series_uid)
     try:
         result = segment_liver(image, bundle, device, progress=stage(0.05, 0.7), cancel=cancel)
@@ -143,7 +145,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
                **{k: _finite(v) for k, v in values.items()},
                "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
                "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 4),
-               "warnings": "; ".join(warnings), "status": "ok", "error": None}
+               "warnings": "; ".join(warnings), "input_modified": modified, "status": "ok", "error": None}
         if record is not None:
             record(row)
     return row
@@ -197,9 +199,9 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
 def _kept(table: ResultsTable, out_dir: Path, case: str, radiomics: bool) -> str | None:
     """Why a finished case is not segmented again (None: it is). A row ``measure`` wrote
     from a (hand-corrected) mask is kept whatever automatic files are there: redoing it
-    would replace that measurement by the network's. A case whose input changed after its
-    files were written is redone, as ``make`` would, and so is one measured without the
-    radiomics features asked for now."""
+    would replace that measurement by the network's. A case whose scan changed since (its
+    recorded ``input_modified``) is redone, and so is one measured without the radiomics
+    features asked for now."""
     if not table.finished(case):
         return None
     if table.rows[case].get("mask"):
@@ -209,8 +211,9 @@ def _kept(table: ResultsTable, out_dir: Path, case: str, radiomics: bool) -> str
         return None
     if radiomics and not _has_radiomics(table.rows[case]):
         return None  # segmented with --no-radiomics before
-    if _modified_ns(Path(str(table.rows[case].get("input") or ""))) > min(p.stat().st_mtime_ns for p in outputs):
-        return None  # the scan was replaced (re-exported, corrected) after this case was segmented
+    recorded, path = table.rows[case].get("input_modified"), table.rows[case].get("input")
+    if recorded and path and input_modified(Path(str(path))) != recorded:
+        return None  # the scan was replaced (re-exported, corrected) since this case was segmented
     return "already done"
 
 
@@ -220,17 +223,23 @@ def _has_radiomics(row: dict) -> bool:
             or "no radiomics features" in (row.get("warnings") or ""))
 
 
-def _modified_ns(path: Path) -> int:
-    """When ``path`` last changed: a file's modification time, or a folder's latest one of
-    itself and the files in it (a DICOM series re-exported file by file); 0 if unreadable."""
+def input_modified(path: Path) -> str | None:
+    """When the scan at ``path`` last changed (UTC, ISO 8601, microseconds): the file's
+    modification time, or for a DICOM folder the latest of its DICOM files' (other files,
+    such as .DS_Store or notes, do not count); None if it cannot be read."""
     try:
-        stamps = [path.stat().st_mtime_ns]
         if path.is_dir():
             with os.scandir(path) as entries:
-                stamps += [e.stat().st_mtime_ns for e in entries if e.is_file()]
-        return max(stamps)
+                stamps = [e.stat().st_mtime_ns for e in entries if e.is_file() and looks_like_dicom_file(e.path)]
+        else:
+            stamps = [path.stat().st_mtime_ns]
     except OSError:
-        return 0
+        return None
+    if not stamps:
+        return None
+    seconds, nanoseconds = divmod(max(stamps), 10**9)
+    moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc).replace(microsecond=nanoseconds // 1000)
+    return moment.isoformat()
 
 
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,
