@@ -188,12 +188,17 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
         if series and item.series_uid and series != item.series_uid and series != _series_read(item):
             raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another DICOM series "
                                                    f"({series}); use another output folder or --overwrite")
-        made_by = (row.get("model_name"), row.get("model_version"))
-        if (bundle is not None and table.finished(item.case) and not row.get("mask")
-                and made_by != (bundle.name, bundle.version)):
-            raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' segmented by model "
-                                                   f"{made_by[0]} {made_by[1]}, not {bundle.name} {bundle.version}; "
-                                                   "use another output folder or --overwrite")
+    if bundle is not None:  # every finished row, not only this run's cases: one table, one model
+        other = {case: (row.get("model_name"), row.get("model_version")) for case, row in table.rows.items()
+                 if table.finished(case) and not row.get("mask")
+                 and (row.get("model_name"), row.get("model_version")) != (bundle.name, bundle.version)}
+        if other:
+            names = [f"'{case}'" for case in other]
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            name, version = next(iter(other.values()))
+            raise OutputError(out_dir / TABLE_CSV, f"already holds case{'s' if len(names) > 1 else ''} {shown} "
+                                                   f"segmented by model {name} {version}, not {bundle.name} "
+                                                   f"{bundle.version}; use another output folder or --overwrite")
 
 
 def _kept(table: ResultsTable, out_dir: Path, case: str, radiomics: bool) -> str | None:

@@ -423,6 +423,11 @@ def test_resume_adds_radiomics_asked_for_now_and_refuses_another_model(phantom_f
                         f"{bundled.version}, not tiny-test 0.0.0; use another output folder or --overwrite")
     assert "\n" not in err
     assert (out / "measurements.csv").read_text() == table
+    other = tmp_path / "other_scan.nii.gz"  # another case added with another model: refused as well
+    shutil.copy(path, other)
+    assert main(["segment", str(other), "-o", str(out), "--model", str(tiny_bundle), "--progress", "none"]) == 1
+    assert "already holds case 'case_a' segmented by model" in capsys.readouterr().err
+    assert (out / "measurements.csv").read_text() == table
 
 
 def test_demo_resumes_only_its_own_seeds_phantom(tmp_path, capsys):
