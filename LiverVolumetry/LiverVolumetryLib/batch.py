@@ -64,7 +64,8 @@ class ResultsTable:
         self.existed = (out_dir / TABLE_JSON).is_file()
         if not self.existed and (out_dir / TABLE_CSV).is_file() and not overwrite:  # its rows would be lost
             raise OutputError(out_dir / TABLE_CSV, f"exists without {TABLE_JSON}, which a run reads to add to the "
-                                                   f"table: restore {TABLE_JSON}, or use another output folder")
+                                                   f"table: restore {TABLE_JSON}, remove {TABLE_CSV}, or use "
+                                                   "another output folder")
         # In canonical order: a table written before a column existed (series_uid) gets it in its place.
         self.rows: dict[str, dict] = {str(r.get("case")): ordered_row(r)
                                       for r in read_measurements(out_dir / TABLE_JSON)}

@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .atomic import stop_signals_interrupt
+from .atomic import interrupts_deferred, stop_signals_interrupt
 from .errors import LiverVolumetryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -125,7 +125,8 @@ def cmd_measure(args) -> int:
     say(f"{case}: liver volume {values['volume_ml']:.1f} mL" +
         (f", {len(values) - 2} radiomics features" if len(values) > 2 else "") + _check_text(row))
     if table is not None:
-        table.put(row)
+        with interrupts_deferred():  # both table files, or neither
+            table.put(row)
         say(f"wrote {Path(args.output) / 'measurements.csv'}")
         files = [p for p in CaseOutputs.for_case(Path(args.output), case).all() if p.exists()]
         automatic = [p.name for p in files]

@@ -220,9 +220,12 @@ def write_measurements(
         for path in (csv_path, json_path):
             if path.exists():
                 raise OutputError(path, "already exists (use --overwrite to replace it)")
-    json_text = json.dumps(_json_value(list(rows)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    write_text_atomic(csv_path, measurements_csv(rows), overwrite=overwrite)
+    json_text, csv_text = (json.dumps(_json_value(list(rows)), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                           measurements_csv(rows))
+    # The JSON first: it is what a later run reads back, so a kill between the two renames
+    # leaves a table that resumes (the CSV is rewritten with the next row).
     write_text_atomic(json_path, json_text, overwrite=overwrite)
+    write_text_atomic(csv_path, csv_text, overwrite=overwrite)
 
 
 def read_measurements(json_path: str | os.PathLike) -> list[dict]:

@@ -467,7 +467,8 @@ def test_a_table_csv_without_its_json_is_not_replaced(phantom_file, tmp_path, ca
         assert main(arguments) == 1
         err = capsys.readouterr().err.strip()
         assert err.endswith(f"{out / 'measurements.csv'}: exists without measurements.json, which a run reads to "
-                            "add to the table: restore measurements.json, or use another output folder")
+                            "add to the table: restore measurements.json, remove measurements.csv, or use another "
+                            "output folder")
         assert "\n" not in err
         assert sorted(p.name for p in out.iterdir()) == ["measurements.csv"]
     assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none", "--overwrite"]) == 0

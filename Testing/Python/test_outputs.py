@@ -342,3 +342,13 @@ def test_qc_png_real_case(tmp_path):
     path = write_qc_png(image, mask, tmp_path / "qc.png", title="image_1")
     assert _png_size(path)[0] <= 1700
     assert _liver_coloured_pixels(path) > 500
+
+
+def test_the_table_json_is_written_before_the_csv(tmp_path, monkeypatch):
+    """A run reads the JSON back: a kill between the two writes must leave the JSON, which resumes."""
+    from LiverVolumetryLib import outputs
+
+    written = []
+    monkeypatch.setattr(outputs, "write_text_atomic", lambda path, text, overwrite=True: written.append(Path(path).name))
+    outputs.write_measurements([{"case": "a", "volume_ml": 1.0}], tmp_path / "m.csv", tmp_path / "m.json")
+    assert written == ["m.json", "m.csv"]
