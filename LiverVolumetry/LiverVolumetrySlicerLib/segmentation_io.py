@@ -84,7 +84,9 @@ def made_for_another_volume(segmentation_node, volume_node) -> bool:
         return False
     made_for = segmentation_node.GetNodeReferenceID(INPUT_REFERENCE_ROLE) or segmentation_node.GetAttribute(
         INPUT_ATTRIBUTE)
-    return bool(made_for and made_for != volume_node.GetID())
+    if not made_for:  # written by the module (it left its checksum) for a volume since deleted: not this one's
+        return bool(segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE))
+    return made_for != volume_node.GetID()
 
 
 def _remember_input(segmentation_node, volume_node) -> None:

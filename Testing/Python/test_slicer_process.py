@@ -292,6 +292,10 @@ def test_an_output_written_for_another_volume_is_not_this_volumes_output(glue):
         assert not io.made_for_another_volume(liver_a, volume_a)
         assert not io.made_for_another_volume(Node("vtkMRMLSegmentationNode2"), volume_b)  # the user's own
         assert not io.made_for_another_volume(None, volume_b) and not io.made_for_another_volume(liver_a, None)
+    # Volume A deleted: Slicer drops the reference, but the module's checksum says it wrote this liver.
+    orphan = Node("vtkMRMLSegmentationNode3")
+    orphan.attributes[io.CHECKSUM_ATTRIBUTE] = "abc"
+    assert io.made_for_another_volume(orphan, volume_b)
 
 
 def test_a_liver_edited_during_the_run_is_kept(segmentation_job):
