@@ -337,13 +337,16 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         raise LiverVolumetryError("give a model or a predictions folder, not both")
     _check_out_dir(out_dir, overwrite)
     _check_inputs(entries, predictions, prediction_label)
-    bundle, training_cases, fingerprints = None, set(), set()
+    bundle, training_cases, fingerprints, named_only = None, set(), set(), set()
     if predictions is None:
         bundle, device = _load_model(model, device)
         automated = f"model {bundle.name} {bundle.version} ({bundle.path}, sha256 {bundle.sha256[:12]}, {device})"
         training = bundle.metadata.get("training") or {}
-        training_cases = {str(c) for c in training.get("cases", [])}
-        fingerprints = {f for f in (training.get("case_fingerprints") or {}).values() if f}
+        recorded = training.get("case_fingerprints") or {}
+        fingerprints = {f for f in recorded.values() if f}
+        # By name: every training case of a bundle without fingerprints, else those whose image was unreadable.
+        training_cases = {str(c) for c in training.get("cases", []) if not fingerprints or not recorded.get(c)}
+        named_only = {str(c) for c in training.get("cases", [])} - training_cases
     else:
         labels = "" if prediction_label is None else f", label {','.join(str(v) for v in prediction_label)}"
         automated = f"predictions folder {predictions}{labels}"
@@ -352,7 +355,8 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
     for number, entry in enumerate(entries, start=1):
         case = evaluate_case(entry, bundle, predictions, radiomics, device, result.notes, log, prediction_label)
         # By content where the bundle records its training images, else by name.
-        case.trained_on = (file_fingerprint(entry.image) in fingerprints) if fingerprints else case.case in training_cases
+        case.trained_on = case.case in training_cases or bool(fingerprints and file_fingerprint(entry.image)
+                                                               in fingerprints)
         result.cases.append(case)
         log(f"[{number}/{len(entries)}] {case.case}: Dice {case.dice:.4f}, HD95 {case.hd95_mm:.2f} mm, "
             f"ASSD {case.assd_mm:.2f} mm, volume {case.volume_auto_ml:.0f} / {case.volume_ref_ml:.0f} mL "
@@ -364,6 +368,11 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         result.notes.append(f"{len(missed)} prediction(s) hold other labels but no voxel of label {shown}, counted as "
                             f"empty automated masks{every}: {', '.join(missed)}")
         log(f"note: {result.notes[-1]}")
+    renamed = [c.case for c in result.cases if not c.trained_on and c.case in named_only]
+    if renamed:
+        result.notes.append(f"case name(s) {', '.join(renamed)} are among the model's training cases, but their "
+                            "images are not the ones it was trained on (another file, or the scan changed): "
+                            "counted as held out")
     trained = [c.case for c in result.cases if c.trained_on]
     if trained:
         how = "their images are among the model's training images" if fingerprints else \

@@ -58,8 +58,7 @@ def bundle_spec(config: dict, state: dict, name: str, version: str, checkpoint: 
                      "checkpoint": checkpoint, "phantoms": config.get("phantoms", 0),
                      "precision": config.get("precision", "fp32"),
                      "cases": [e["case"] for e in config["train"]],
-                     "validation_cases": [e["case"] for e in config["validation"]],
-                     "case_fingerprints": {e["case"]: file_fingerprint(e["image"]) for e in config["train"]}},
+                     "validation_cases": [e["case"] for e in config["validation"]]},
     }
     if config.get("init_from"):  # fine-tuned from another bundle
         spec["training"]["init_from"] = config["init_from"]
@@ -92,6 +91,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
     state = load_checkpoint(run_dir / f"{checkpoint}.pt")
     spec = bundle_spec(config, state, name, version, checkpoint, description)
     spec["training"]["data"] = _data_text(config, data_credit)
+    spec["training"]["case_fingerprints"] = _fingerprints(config, log)
     if threshold is not None:
         if not 0.0 < threshold < 1.0:
             raise LiverVolumetryError(f"threshold must lie between 0 and 1, got {threshold}")
@@ -134,6 +134,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
     return load_bundle(out_dir)
 
 
+def _fingerprints(config: dict, log) -> dict[str, str | None]:
+    """The fingerprint of every training image (``evaluate`` recognises them by it); None,
+    with a warning, for an image that cannot be read any more (matched by name instead)."""
+    fingerprints = {e["case"]: file_fingerprint(e["image"]) for e in config["train"]}
+    lost = [case for case, value in fingerprints.items() if value is None]
+    if lost:
+        log(f"warning: training image(s) of case(s) {', '.join(lost)} cannot be read any more: evaluate will "
+            "recognise them by case name only")
+    return fingerprints
+
+
 def _data_text(config: dict, credit: str | None) -> str:
     """What the model card says about the training data."""
     from .model_card import CHAOS_CREDIT
@@ -156,7 +167,13 @@ def _case_files(configs) -> set[tuple]:
 def _check_same_cases(crossval: Path, summary: dict, config: dict) -> None:
     """Refuse a cross-validation of other cases (or of other files under the same names) than
     the run's own: the model card would present its figures as this model's data."""
-    folds = [read_config(crossval / f"fold{k}") for k in range(len(summary["folds"]))]
+    folds = []
+    for k in range(len(summary["folds"])):
+        try:
+            folds.append(read_config(crossval / f"fold{k}"))
+        except InputError as error:
+            raise InputError(error.path, f"{error.cause}; the folds' records tell which cases the cross-validation "
+                                         "covers, so keep the fold folders beside crossval.json") from None
     validated, trained = _case_files(folds), _case_files([config])
     if validated != trained:
         names = sorted({c[0] for c in validated ^ trained})

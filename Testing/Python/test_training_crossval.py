@@ -163,6 +163,10 @@ def test_crossval_of_a_staged_recipe_and_the_final_model_trained_on_every_case(f
                                              + ("3" if change == "fewer cases" else "0, 1") + r"\)"):
             export_run(other, tmp_path / "bundle2", "other", "1.0.0", crossval=tmp_path / "cv", log=lambda m: None)
         assert not (tmp_path / "bundle2").exists()
+    shutil.copytree(tmp_path / "cv", tmp_path / "cv-summary-only", ignore=shutil.ignore_patterns("fold*"))
+    with pytest.raises(InputError, match=r"fold0.config\.json: not found .*keep the fold folders beside crossval"):
+        export_run(tmp_path / "final", tmp_path / "bundle3", "final", "1.0.0", crossval=tmp_path / "cv-summary-only",
+                   log=lambda m: None)
 
 
 def test_folds_trained_one_by_one_are_found_by_the_final_call(four_cases, tmp_path, capsys):

@@ -450,3 +450,23 @@ def test_cli_evaluate_reads_a_slicer_segmentation_where_there_is_no_other_predic
     rows = _rows(out / "cases.csv")
     assert float(rows["0"]["dice"]) == 1.0 and rows["0"]["source"].endswith("0.seg.nrrd")
     assert float(rows["1"]["dice"]) == pytest.approx(14 / 15, abs=1e-6)  # still its .nii.gz
+
+
+def test_cli_evaluate_names_a_training_name_whose_image_differs_and_matches_unreadable_ones_by_name(
+        cases, tiny_bundle, tmp_path):
+    from LiverVolumetryTraining.fingerprint import file_fingerprint
+
+    manifest = tmp_path / "renamed.csv"
+    manifest.write_text("image,label,case\n" + "".join(f"{cases}/data/image_{k}.nii.gz,{cases}/data/label_{k}.nii.gz,"
+                                                       f"scan-{k}\n" for k in range(4)))
+    # scan-0 was trained on image 2 (so this scan-0 is another scan); scan-3's image was unreadable at export.
+    training = {"cases": ["scan-0", "scan-3"],
+                "case_fingerprints": {"scan-0": file_fingerprint(cases / "data" / "image_2.nii.gz"), "scan-3": None}}
+    bundle = _bundle_trained_on(tiny_bundle, tmp_path / "bundle", training)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--manifest", str(manifest), "--model", str(bundle), "--no-radiomics", "--device", "cpu",
+                 "-o", str(out)]) == 0
+    assert [c for c, row in _rows(out / "cases.csv").items() if row["trained_on"] == "yes"] == ["scan-2", "scan-3"]
+    notes = json.loads((out / "summary.json").read_text(encoding="utf-8"))["notes"]
+    assert any(note.startswith("case name(s) scan-0 are among the model's training cases, but their images are "
+                               "not the ones it was trained on") for note in notes)
