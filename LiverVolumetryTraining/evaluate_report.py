@@ -223,10 +223,15 @@ def render_plots(result: EvaluationResult) -> dict[str, bytes]:
     axes = figure.subplots()
     groups = sorted({c.group for c in cases})
     colors = [f"C{groups.index(c.group) % 10}" for c in cases]
-    axes.bar(range(len(cases)), [c.dice for c in cases], color=colors)
+    bars = axes.bar(range(len(cases)), [c.dice for c in cases], color=colors)
+    for bar, case in zip(bars, cases):
+        if case.trained_on:  # not in the summary figures
+            bar.set(hatch="//", edgecolor="black", alpha=0.5)
     # '$' would start matplotlib's mathtext: a name like "a$b" failed the whole report.
     axes.set_xticks(range(len(cases)), [c.case.replace("$", r"\$") for c in cases], rotation=90, fontsize=7)
-    axes.set(ylim=(0, 1), ylabel="Dice", title="Dice per case" + (" (colour = group)" if len(groups) > 1 else ""))
+    notes = [text for text, shown in (("colour = group", len(groups) > 1),
+                                      ("hatched = training case", any(c.trained_on for c in cases))) if shown]
+    axes.set(ylim=(0, 1), ylabel="Dice", title="Dice per case" + (f" ({'; '.join(notes)})" if notes else ""))
     figure.tight_layout()
     plots["dice.png"] = _png(figure)
     return plots

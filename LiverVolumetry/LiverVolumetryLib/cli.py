@@ -128,10 +128,11 @@ def cmd_measure(args) -> int:
         with interrupts_deferred():  # both table files, or neither
             table.put(row)
         say(f"wrote {Path(args.output) / 'measurements.csv'}")
-        files = [p for p in CaseOutputs.for_case(Path(args.output), case).all() if p.exists()]
-        automatic = [p.name for p in files]
-        if automatic and not any(os.path.samefile(p, args.mask) for p in files):
-            # a segment output folder: its files of this case are the network's, not this mask
+        outputs = CaseOutputs.for_case(Path(args.output), case)
+        # In a segment output folder this case's other files are the network's, not this mask
+        # (nothing to tell when the mask measured is the network's mask itself).
+        automatic = [p.name for p in outputs.all() if p.exists() and not os.path.samefile(p, args.mask)]
+        if automatic and not (outputs.mask.exists() and os.path.samefile(outputs.mask, args.mask)):
             verb = "is" if len(automatic) == 1 else "are"
             say(f"note: {', '.join(automatic)} in that folder {verb} still the automatic segmentation; the row now "
                 f"measures {args.mask} (and a later segment run keeps it)")

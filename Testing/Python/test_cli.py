@@ -486,3 +486,13 @@ def test_measure_reports_json_progress_from_start_to_done_and_no_note_about_its_
     assert events[0]["event"] == "start" and events[-1]["event"] == "case_done" and events[-1]["status"] == "ok"
     assert [e["fraction"] for e in events if e["event"] == "progress"][-1] == 1.0
     assert "note:" not in err  # the row measures the folder's own automatic mask: nothing to tell apart
+
+
+def test_measure_of_the_folders_seg_nrrd_edited_in_place_notes_the_other_automatic_files(phantom_file, tmp_path):
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    code, stdout, err = run_cli("measure", str(path), str(out / "case_a_liver.seg.nrrd"), "-o", str(out),
+                                "--no-radiomics")
+    assert code == 0, err
+    assert "note: case_a_liver.nii.gz, case_a_qc.png in that folder are still the automatic segmentation" in stdout
