@@ -57,9 +57,12 @@ def probability(text: str) -> float:
 def _entries(args) -> list:
     from .dataset import find_pairs, read_manifest
 
+    if args.label_value is not None and not args.data:  # it would be ignored: a manifest says each case's
+        raise LiverVolumetryError("--label-value applies to --data folders; a manifest gives each case's liver "
+                                  "label in its liver_label column")
     entries = []
     for folder in args.data or []:
-        entries += find_pairs(folder, args.label_value)
+        entries += find_pairs(folder, 1 if args.label_value is None else args.label_value)
     for manifest in args.manifest or []:
         entries += read_manifest(manifest)
     if not entries:
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or resume) a run")
     t.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
     t.add_argument("--manifest", type=path_text, action="append", help="CSV with image,label[,case,liver_label,group]")
-    t.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
+    t.add_argument("--label-value", type=int, help="liver label value in --data folders (default 1)")
     t.add_argument("--run", "--run-dir", type=path_text, dest="run", required=True,
                    help="run folder (config, log, checkpoints); re-run to resume (under torchrun: --run-dir)")
     t.add_argument("--recipe", default="liver-mri",
@@ -251,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("crossval", help="k-fold cross-validation: train per fold, evaluate out-of-fold masks")
     x.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
     x.add_argument("--manifest", type=path_text, action="append", help="CSV or JSON manifest (repeatable)")
-    x.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
+    x.add_argument("--label-value", type=int, help="liver label value in --data folders (default 1)")
     x.add_argument("--run", type=path_text, required=True,
                    help="folder for fold runs, masks, evaluation; re-run to resume")
     x.add_argument("--recipe", default="liver-mri", help=f"{', '.join(RECIPES)}, or a JSON file")
@@ -286,14 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="validate cases: files, case names, label grid, liver voxels")
     k.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
     k.add_argument("--manifest", type=path_text, action="append", help="CSV or JSON manifest (repeatable)")
-    k.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
+    k.add_argument("--label-value", type=int, help="liver label value in --data folders (default 1)")
     k.set_defaults(func=cmd_check)
     v = sub.add_parser("evaluate", help="Dice/HD95/ASSD, volume ICC and Bland-Altman, radiomics ICC vs reference masks")
     v.add_argument("--data", type=path_text, action="append", help="folder of image_N/label_N pairs (repeatable)")
     v.add_argument("--manifest", type=path_text, action="append",
                    help="CSV or JSON manifest (repeatable; its 'group' column "
                                                        "enables the Mann-Whitney test of Dice between two groups)")
-    v.add_argument("--label-value", type=int, default=1, help="liver label value in --data folders (default 1)")
+    v.add_argument("--label-value", type=int, help="liver label value in --data folders (default 1)")
     v.add_argument("--model", type=path_text, help="model bundle folder (default: the bundled model)")
     v.add_argument("--predictions", type=path_text,
                    help="folder of ready-made masks <case>.nii.gz or <case>_liver.nii.gz "

@@ -340,3 +340,12 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, mon
         cli.main(arguments)
     assert stopped.value.code == 2 and "an empty path (an unset shell variable?)" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_label_value_with_only_a_manifest_is_refused_not_ignored(tiny_cases, tmp_path, capsys):
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"image,label\n{tiny_cases}/image_0.nii.gz,{tiny_cases}/label_0.nii.gz\n")
+    assert cli.main(["check", "--manifest", str(manifest), "--label-value", "7"]) == 1
+    assert ("--label-value applies to --data folders; a manifest gives each case's liver label in its liver_label "
+            "column") in capsys.readouterr().err
+    assert cli.main(["check", "--manifest", str(manifest)]) == 0
