@@ -205,13 +205,33 @@ def cmd_model(args) -> int:
 
     from .bundle import load_bundle
 
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model)  # checks the weights' (and the ONNX graph's) SHA-256
     meta = bundle.metadata
-    print(f"{bundle.name} {bundle.version} ({bundle.path})\nsha256 {bundle.sha256} (verified)")
-    for key in ("description", "training", "validation"):
-        if meta.get(key):
-            value = meta[key] if key != "training" else {k: v for k, v in meta[key].items() if k != "recipe"}
-            print(f"{key}: {json.dumps(value, indent=2)}")
+    training, validation, cv = meta.get("training") or {}, meta.get("validation") or {}, meta.get("cross_validation")
+    lines = [f"{bundle.name} {bundle.version} ({bundle.path})", f"weights: SHA-256 {bundle.sha256} (verified)"]
+    if bundle.onnx_path is not None:
+        lines.append(f"ONNX graph: SHA-256 {meta['onnx']['sha256']} (verified)")
+    if meta.get("description"):
+        lines.append(meta["description"])
+    preprocessing = meta.get("preprocessing") or {}
+    lines.append(f"network: {meta['network']['class']} {json.dumps(meta['network'].get('args', {}))}; input "
+                 f"{preprocessing.get('orientation')}, {preprocessing.get('spacing_mm')} mm, intensity "
+                 f"{json.dumps(preprocessing.get('intensity'))}")
+    if training:
+        cases = [str(c) for c in training.get("cases", [])]
+        lines.append(f"trained on {len(cases)} case(s) ({', '.join(cases)}) and {training.get('phantoms', 0)} "
+                     f"phantoms, {training.get('iterations')} iterations" +
+                     (f"; data: {training['data']}" if training.get("data") else ""))
+    if validation.get("dice_mean") is not None:
+        held_out = len(validation.get("dice_per_case", {}))
+        lines.append(f"held-out validation: Dice {validation['dice_mean']:.3f} on {held_out} case(s)")
+    if cv:
+        lines.append(f"cross-validation: out-of-fold Dice {cv['dice_mean']:.3f} ± {cv.get('dice_sd') or 0:.3f} on "
+                     f"{len(cv.get('dice_per_case', {}))} cases, lowest {cv['dice_min']:.3f}")
+    card = bundle.path / "MODEL.md"
+    if card.is_file():
+        lines.append(f"model card (figures, limitations, licence): {card}")
+    print("\n".join(lines))
     return EXIT_OK
 
 

@@ -236,7 +236,12 @@ def test_corrupt_bundle_is_refused(phantom_file, tmp_path):
 
 def test_model_command_shows_the_card():
     code, stdout, _ = run_cli("model")
-    assert code == 0 and "verified" in stdout and "validation" in stdout
+    bundle = load_bundle()
+    assert code == 0 and f"weights: SHA-256 {bundle.sha256} (verified)" in stdout
+    assert f"trained on {len(bundle.metadata['training']['cases'])} case(s)" in stdout
+    assert f"model card (figures, limitations, licence): {bundle.path / 'MODEL.md'}" in stdout
+    assert "cross-validation: out-of-fold Dice" in stdout or "held-out validation: Dice" in stdout
+    assert "case_fingerprints" not in stdout  # a summary, not the record
 
 
 def test_write_error_names_the_output_not_its_temporary_file(phantom_file, tmp_path, monkeypatch, capsys):
