@@ -299,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--label-value", type=int, help="liver label value in --data folders (default 1)")
     v.add_argument("--model", type=path_text, help="model bundle folder (default: the bundled model)")
     v.add_argument("--predictions", type=path_text,
-                   help="folder of ready-made masks <case>.nii.gz or <case>_liver.nii.gz "
-                                         "instead of running a model")
+                   help="folder of ready-made masks instead of running a model: <case>.nii.gz, <case>_liver.nii.gz "
+                        "or <image name>_liver.nii.gz (also .nii, .nrrd, .mha; a .seg.nrrd where there is no other)")
     v.add_argument("--prediction-label", type=label_values, help="liver label value(s) in the --predictions masks, "
                                                                 "e.g. 5 for TotalSegmentator (default: any non-zero, "
                                                                 "if only one value)")

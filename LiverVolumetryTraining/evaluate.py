@@ -360,7 +360,7 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         result.cases.append(case)
         log(f"[{number}/{len(entries)}] {case.case}: Dice {case.dice:.4f}, HD95 {case.hd95_mm:.2f} mm, "
             f"ASSD {case.assd_mm:.2f} mm, volume {case.volume_auto_ml:.0f} / {case.volume_ref_ml:.0f} mL "
-            f"({case.seconds:.1f} s)")
+            f"({case.seconds:.1f} s)" + (" - a training case of the model" if case.trained_on else ""))
     missed = [c.case for c in result.cases if c.source.endswith(NO_LIVER_LABEL)]
     if missed:
         shown = ",".join(str(v) for v in prediction_label or ())

@@ -238,9 +238,9 @@ def _train_stages(ctx: DistContext, run_dir: Path, recipe: dict, stages: list[di
         stage_dir = run_dir / f"stage{k}"
         last = stage_dir / "last.pt"
         if trained.get(k, -1) >= count:
-            say(f"stage {k + 1}/{len(stages)} already trained ({stage_dir})")
+            say(f"stage {k + 1} of {len(stages)} already trained (in {stage_dir})")
         else:
-            say(f"stage {k + 1}/{len(stages)}: {stage_dir}")
+            say(f"stage {k + 1} of {len(stages)}, in {stage_dir}")
             _train(ctx, stage_dir, stage, train_entries, val_entries, cache_dir, phantoms, count, validate_every,
                    seed + 10 * k, log, progress, init_from if k == 0 else None, init_checkpoint=previous)
         previous = last

@@ -275,7 +275,7 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
             try:
                 row = process_case(item, out_dir, bundle, device, radiomics, replace, reporter, cancel,
                                    record=table.put)
-            except CancelledError:
+            except (CancelledError, BrokenPipeError):  # cancelled, or the reader of our output went away
                 raise
             except LiverVolumetryError as error:
                 row = {"case": item.case, "input": os.path.abspath(item.path), "model_name": bundle.name,

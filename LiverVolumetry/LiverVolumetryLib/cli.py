@@ -280,14 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(seg)
     seg.set_defaults(func=cmd_segment)
     mea = sub.add_parser("measure", help="volume and radiomics of a (hand-corrected) liver mask")
-    mea.add_argument("image", type=path_text)
+    mea.add_argument("image", type=path_text, help="the scan the mask was drawn on (image file or DICOM folder)")
     mea.add_argument("mask", type=path_text, help="liver mask on the image's grid (.nii.gz, .nrrd, .seg.nrrd, ...)")
     mea.add_argument("-o", "--output", type=path_text,
-                     help="output folder for measurements.csv/json (default: print only)")
+                     help="output folder for measurements.csv/json (default: none; the volume is printed)")
     mea.add_argument("--case", help="case name in the table (default: image file name)")
     mea.add_argument("--label", type=label_values, help="liver label value(s) in the mask, e.g. 6, or 1,2 for "
                                                         "liver plus lesions (default: any non-zero, if only one value)")
-    mea.add_argument("--series", help=SERIES_HELP)
+    mea.add_argument("--series", help="the DICOM series to read when the folder holds several: its "
+                                       "SeriesInstanceUID or its SeriesDescription")
     mea.add_argument("--no-radiomics", action="store_true")
     mea.add_argument("--overwrite", action="store_true",
                      help="replace a row of this case measured before from a mask (a segment row is replaced anyway)")
@@ -295,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'json' prints one JSON progress event per line on stdout")
     mea.set_defaults(func=cmd_measure)
     demo = sub.add_parser("demo", help="generate a phantom MRI and run everything on it (no data needed)")
-    demo.add_argument("-o", "--output", type=path_text, default="livervolumetry-demo")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("-o", "--output", type=path_text, default="livervolumetry-demo",
+                      help="output folder (default: livervolumetry-demo)")
+    demo.add_argument("--seed", type=int, default=0, help="which phantom to generate (default 0)")
     _common(demo)
     demo.set_defaults(func=cmd_demo)
     model = sub.add_parser("model", help="show the model bundle's card (and verify its checksum)")
@@ -318,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("livervolumetry: interrupted; finished cases are kept, re-run to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): stop quietly, as on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_FAILED
     except MemoryError:
         print("livervolumetry: error: out of memory while processing (try a smaller image or a machine with more memory)",
               file=sys.stderr)

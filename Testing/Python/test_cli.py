@@ -501,3 +501,18 @@ def test_measure_of_the_folders_seg_nrrd_edited_in_place_notes_the_other_automat
                                 "--no-radiomics")
     assert code == 0, err
     assert "note: case_a_liver.nii.gz, case_a_qc.png in that folder are still the automatic segmentation" in stdout
+
+
+def test_json_progress_into_a_reader_that_stops_ends_quietly_without_a_failed_row(phantom_file, tmp_path):
+    """`segment ... --progress json | head -1`: the broken pipe stops the run, as SIGPIPE would,
+    with no traceback and no case recorded as failed because of it."""
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "LiverVolumetryLib.cli", "segment", str(path), "-o", str(out),
+                             "--no-radiomics", "--progress", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(proc.stdout.readline())["event"] == "start"
+    proc.stdout.close()  # the reader went away
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and b"Traceback" not in err, err
+    table = out / "measurements.json"
+    assert not table.exists() or all(r["status"] == "ok" for r in json.loads(table.read_text()))
