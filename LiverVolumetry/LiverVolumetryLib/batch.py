@@ -25,8 +25,8 @@ from .inputs import InputCase, looks_like_dicom_file
 from .reporting import Reporter
 
 LEADING_COLUMNS = ("case", "input", "series_uid", "volume_ml", "voxel_count")
-TRAILING_COLUMNS = ("input_modified", "model_name", "model_version", "device", "seconds", "unsure_fraction", "warnings", "status",
-                    "error")
+TRAILING_COLUMNS = ("input_modified", "model_name", "model_version", "device", "seconds", "unsure_fraction",
+                    "warnings", "status", "error")
 TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
 
 

@@ -1,4 +1,5 @@
-"""The command-line contract: outputs, progress, the model command, errors (resume and measure have files of their own)."""
+"""The command-line contract: outputs, progress, the model command, errors (resume and measure:
+test_cli_resume.py, test_cli_measure.py)."""
 
 from __future__ import annotations
 

@@ -349,6 +349,7 @@ def test_the_table_json_is_written_before_the_csv(tmp_path, monkeypatch):
     from LiverVolumetryLib import outputs
 
     written = []
-    monkeypatch.setattr(outputs, "write_text_atomic", lambda path, text, overwrite=True: written.append(Path(path).name))
+    monkeypatch.setattr(outputs, "write_text_atomic",
+                        lambda path, text, overwrite=True: written.append(Path(path).name))
     outputs.write_measurements([{"case": "a", "volume_ml": 1.0}], tmp_path / "m.csv", tmp_path / "m.json")
     assert written == ["m.json", "m.csv"]
