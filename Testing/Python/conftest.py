@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chaos-t2"
+#: The shared real cases: ../shared beside the project root, or the folder LIVERVOLUMETRY_SHARED names.
+SHARED_DATA = Path(os.environ.get("LIVERVOLUMETRY_SHARED") or Path(__file__).resolve().parents[2].parent / "shared"
+                   ) / "data" / "chaos-t2"
 
 
 def rotation_direction(angles_deg: tuple[float, float, float], flips=(1, 1, 1), permutation=(0, 1, 2)) -> tuple:

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import (OBLIQUE, SAGITTAL, assert_same_geometry, ellipsoid_image, make_volume, rotation_direction,
-                      write_image)
+from conftest import (OBLIQUE, SAGITTAL, SHARED_DATA, assert_same_geometry, ellipsoid_image, make_volume,
+                      rotation_direction, write_image)
 
 from LiverVolumetryLib.errors import InputError
 from LiverVolumetryLib.imageio import read_image
 from LiverVolumetryLib.masks import read_mask
 
-CHAOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chaos-t2"
+CHAOS = SHARED_DATA
 
 
 def test_bad_mask_is_one_line_input_error(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
+from conftest import SHARED_DATA
 
 from LiverVolumetryLib import outputs, qc
 from LiverVolumetryLib.errors import InputError, OutputError
@@ -331,14 +332,10 @@ def test_qc_panels_in_radiological_convention(reorient):
         assert panel.pixels[0].mean() > panel.pixels[-1].mean()
 
 
-def _chaos_dir() -> Path:
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chaos-t2"
-
-
-@pytest.mark.skipif(not (_chaos_dir() / "image_1.nii.gz").exists(), reason="CHAOS data not available")
+@pytest.mark.skipif(not (SHARED_DATA / "image_1.nii.gz").exists(), reason="CHAOS data not available")
 def test_qc_png_real_case(tmp_path):
-    image = sitk.ReadImage(str(_chaos_dir() / "image_1.nii.gz"))
-    mask = sitk.Equal(sitk.ReadImage(str(_chaos_dir() / "label_1.nii.gz")), 1)
+    image = sitk.ReadImage(str(SHARED_DATA / "image_1.nii.gz"))
+    mask = sitk.Equal(sitk.ReadImage(str(SHARED_DATA / "label_1.nii.gz")), 1)
     path = write_qc_png(image, mask, tmp_path / "qc.png", title="image_1")
     assert _png_size(path)[0] <= 1700
     assert _liver_coloured_pixels(path) > 500
