@@ -52,10 +52,25 @@ class CachedCase:
 
 
 def _strip(name: str) -> str:
+    """``name`` without its image suffix (in any letter case: IMAGE_1.NII.GZ is image 1)."""
     for suffix in _SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    """The image files directly in ``folder``, keyed by their lower-case name without suffix;
+    two that differ only in letter case or suffix (image_1.nii, Image_1.nii.gz) are refused."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.lower().endswith(_SUFFIXES):
+            key = _strip(path.name).lower()
+            if key in files:
+                raise InputError(folder, f"{files[key].name} and {path.name} name the same file (they differ only "
+                                         "in letter case or file type); keep one")
+            files[key] = path
+    return files
 
 
 def find_pairs(folder: str | Path, liver_label: int = 1, group: str = "") -> list[CaseEntry]:
@@ -63,13 +78,14 @@ def find_pairs(folder: str | Path, liver_label: int = 1, group: str = "") -> lis
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "is not a folder")
-    files = {_strip(p.name): p for p in sorted(folder.iterdir()) if p.name.endswith(_SUFFIXES)}
+    files = _image_files(folder)
     entries, paired = [], set()
     for stem, path in files.items():
         for image_word, label_word in _PAIR_PATTERNS:
             match = re.fullmatch(rf"(.*?){image_word}(.*)", stem)
             if match and (label := f"{match[1]}{label_word}{match[2]}") in files:
-                case = f"{match[1]}{match[2]}".strip("_-") or stem
+                name = _strip(path.name)  # the case keeps its letter case: Image_A3 is case A3
+                case = (name[:match.end(1)] + name[match.start(2):]).strip("_-") or name
                 entries.append(CaseEntry(case, path, files[label], liver_label, group))
                 paired |= {stem, label}
                 break

@@ -364,3 +364,24 @@ def test_a_folder_of_images_without_labels_names_them(tmp_path):
         find_pairs(tmp_path)
     assert str(error.value) == (f"{tmp_path}: no image/label pairs found (expected names like image_1.nii.gz + "
                                 "label_1.nii.gz); image_1.nii.gz without a label file")
+
+
+def test_pairs_are_found_whatever_the_letter_case_of_their_names(tmp_path, capsys):
+    """Image_3/Label_3 and IMAGE_4.NII.GZ were silently left out (a case-sensitive match)."""
+    from LiverVolumetryTraining.dataset import find_pairs
+
+    folder = tmp_path / "pairs"
+    write_pair(folder, "image_1.nii.gz", "label_1.nii.gz", seed=1)
+    write_pair(folder, "Image_A3.nii.gz", "Label_A3.nii.gz", seed=3)
+    write_pair(folder, "image_4.nii.gz", "label_4.nii.gz", seed=4)
+    for kind in ("image", "label"):
+        (folder / f"{kind}_4.nii.gz").rename(folder / f"{kind}_4.NII.GZ")
+    entries = find_pairs(folder)
+    assert [(e.case, e.image.name, e.label.name) for e in entries] == [
+        ("1", "image_1.nii.gz", "label_1.nii.gz"), ("4", "image_4.NII.GZ", "label_4.NII.GZ"),
+        ("A3", "Image_A3.nii.gz", "Label_A3.nii.gz")]
+    assert main(["check", "--data", str(folder)]) == 0 and "checked 3 cases" in capsys.readouterr().out
+    shutil.copy(folder / "image_1.nii.gz", folder / "Image_1.nii")  # the same case twice
+    with pytest.raises(InputError, match=r"image_1.nii.gz and Image_1.nii name the same file|Image_1.nii and "
+                                         r"image_1.nii.gz name the same file"):
+        find_pairs(folder)
