@@ -187,7 +187,7 @@ def find_patients(source: Path) -> list[Path]:
         return sorted(found, key=lambda p: _natural_key(p.name))
 
     if any((source / s).is_dir() for s in ("T2SPIR", "T1DUAL")):
-        return [source]
+        return [source.resolve()]  # resolved: "." names its patient too
     for folder in (source, source / "MR", source / "Train_Sets" / "MR",
                    source / "CHAOS_Train_Sets" / "Train_Sets" / "MR"):
         if found := patients(folder):

@@ -213,7 +213,7 @@ def convert_totalseg(source: str | Path, out_dir: str | Path, liver_label: int |
     source = Path(source)
     if not source.is_dir():
         raise InputError(source, "is not a folder")
-    subjects = [source] if (source / "mri.nii.gz").is_file() else \
+    subjects = [source.resolve()] if (source / "mri.nii.gz").is_file() else \
         sorted((p for p in source.iterdir() if (p / "mri.nii.gz").is_file()), key=lambda p: _natural_key(p.name))
     if not subjects:
         raise InputError(source, "holds no TotalSegmentator MRI subjects (<subject>/mri.nii.gz)")

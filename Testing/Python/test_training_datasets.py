@@ -152,6 +152,15 @@ def test_chaos_without_organs_and_one_sequence(chaos_root, tmp_path):
     assert set(np.unique(sitk.GetArrayViewFromImage(label))) == {0, 1}
 
 
+def test_a_patient_or_subject_folder_given_as_dot_keeps_its_name(chaos_root, tmp_path, monkeypatch):
+    """`convert chaos .` inside a patient folder named the case "chaos--t2spir" (an empty name)."""
+    monkeypatch.chdir(chaos_root / "CHAOS_Train_Sets" / "Train_Sets" / "MR" / "3")
+    assert [e.case for e in convert_chaos(".", tmp_path / "out", sequences=["t2spir"])] == ["chaos-3-t2spir"]
+    write_pair(tmp_path / "s0007", "mri.nii.gz", "segmentations/liver.nii.gz")
+    monkeypatch.chdir(tmp_path / "s0007")
+    assert [e.case for e in convert_totalseg(".", tmp_path / "ts")] == ["totalseg-s0007"]
+
+
 def test_chaos_missing_png_names_the_dicom_file_and_writes_nothing(chaos_root, tmp_path):
     broken = tmp_path / "MR"
     shutil.copytree(chaos_root / "CHAOS_Train_Sets" / "Train_Sets" / "MR", broken)
