@@ -2,7 +2,8 @@
 
 Expected layout: one folder per patient directly under ``source`` (``source`` may also
 be one patient's folder, or a folder holding the TCIA package ``nifti_and_segms``, which
-is followed down, also when nested twice as ``nifti_and_segms/nifti_and_segms``),
+is followed down, also when nested twice as ``nifti_and_segms/nifti_and_segms`` or inside
+one more folder that an unzip tool added),
 holding anywhere below it the phases as image files (NIfTI, NRRD, MHA) or DICOM series
 folders, and the liver segmentation as an image file::
 
@@ -189,6 +190,9 @@ def convert_liverhccseg(source: str | Path, out_dir: str | Path, liver_label: in
     source = Path(source)
     if not source.is_dir():
         raise InputError(source, "is not a folder")
+    wrappers = [p for p in source.iterdir() if p.is_dir() and (p / PACKAGE).is_dir()]
+    if not (source / PACKAGE).is_dir() and len(wrappers) == 1:  # one folder more, as some unzip tools add
+        source = wrappers[0]
     while (source / PACKAGE).is_dir():  # the patients lie in nifti_and_segms[/nifti_and_segms]
         source = source / PACKAGE
     top = [p for p in source.iterdir() if p.is_file() and image_suffix(p) is not None]

@@ -298,6 +298,10 @@ def test_liverhccseg_tcia_nifti_package(tmp_path):
     image, liver = load_entry(entries[0])
     assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayFromImage(volume(seed=3)))
     np.testing.assert_allclose(liver_centre(liver), BOX_CENTRE, atol=1e-3)
+    wrapped = tmp_path / "download"  # one folder more around the package, as some unzip tools add
+    wrapped.mkdir()
+    root.rename(wrapped / "LiverHccSeg_v1")
+    assert [e.case for e in convert_liverhccseg(wrapped, tmp_path / "out2")] == ["TCGA-DD-A1EB", "TCGA-G3-A25S"]
 
 
 # ------------------------------------------------------------------ manifests and checks
