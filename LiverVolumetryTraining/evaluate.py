@@ -294,6 +294,9 @@ def summarize(result: EvaluationResult) -> None:
             notes.append(f"ICC undefined (no variation) for {len(undefined)} feature(s): {', '.join(undefined)}")
     grouped = [c for c in cases if c.group]  # a case without a group belongs to none of them
     groups = sorted({c.group for c in grouped})
+    if lost := sorted({c.group for c in result.cases if c.group} - set(groups)):
+        notes.append(f"group(s) {', '.join(map(repr, lost))} left out of the group comparison: all their cases "
+                     "trained the model")
     if groups and len(grouped) < len(cases):
         notes.append(f"{len(cases) - len(grouped)} case(s) without a group are left out of the group comparison")
     if len(groups) == 2:
@@ -354,9 +357,8 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
     result = EvaluationResult(cases=[], automated=automated, radiomics=radiomics)
     for number, entry in enumerate(entries, start=1):
         case = evaluate_case(entry, bundle, predictions, radiomics, device, result.notes, log, prediction_label)
-        # By content where the bundle records its training images, else by name.
-        case.trained_on = case.case in training_cases or bool(fingerprints and file_fingerprint(entry.image)
-                                                               in fingerprints)
+        case.trained_on = case.case in training_cases or bool(  # by name, else by image content
+            fingerprints and file_fingerprint(entry.image) in fingerprints)
         result.cases.append(case)
         log(f"[{number}/{len(entries)}] {case.case}: Dice {case.dice:.4f}, HD95 {case.hd95_mm:.2f} mm, "
             f"ASSD {case.assd_mm:.2f} mm, volume {case.volume_auto_ml:.0f} / {case.volume_ref_ml:.0f} mL "

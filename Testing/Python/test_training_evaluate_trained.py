@@ -83,3 +83,12 @@ def test_cli_evaluate_names_a_training_name_whose_image_differs_and_matches_unre
     notes = json.loads((out / "summary.json").read_text(encoding="utf-8"))["notes"]
     assert any(note.startswith("case name(s) scan-0 are among the model's training cases, but their images are "
                                "not the ones it was trained on") for note in notes)
+
+
+def test_a_group_whose_cases_all_trained_the_model_is_named_as_left_out(cases, tiny_bundle, tmp_path):
+    bundle = _bundle_trained_on(tiny_bundle, tmp_path / "bundle", {"cases": ["2", "3"]})  # group B of the manifest
+    out = tmp_path / "out"
+    assert main(["evaluate", "--manifest", str(cases / "manifest.csv"), "--model", str(bundle), "--no-radiomics",
+                 "--device", "cpu", "-o", str(out)]) == 0
+    notes = json.loads((out / "summary.json").read_text(encoding="utf-8"))["notes"]
+    assert "group(s) 'B' left out of the group comparison: all their cases trained the model" in notes
