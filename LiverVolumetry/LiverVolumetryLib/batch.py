@@ -9,7 +9,6 @@ keeps every finished case and a re-run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import math
 import os
 import time
@@ -21,11 +20,12 @@ import SimpleITK as sitk
 from .atomic import atomic_path, interrupts_deferred, remove_stale_parts
 from .bundle import ModelBundle, load_bundle
 from .errors import CancelledError, InputError, LiverVolumetryError, OutputError
-from .inputs import InputCase, looks_like_dicom_file
+from .inputs import InputCase
 from .reporting import Reporter
+from .scan_files import input_stamp
 
 LEADING_COLUMNS = ("case", "input", "series_uid", "volume_ml", "voxel_count")
-TRAILING_COLUMNS = ("input_modified", "model_name", "model_version", "device", "seconds", "unsure_fraction",
+TRAILING_COLUMNS = ("input_stamp", "model_name", "model_version", "device", "seconds", "unsure_fraction",
                     "warnings", "status", "error")
 TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
 
@@ -115,7 +115,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
         return lambda fraction, name: reporter.progress(item.case, lo + (hi - lo) * fraction, name)
 
     stage(0, 1)(0.0, "load")
-    modified = input_modified(item.path)  # before reading: a change while it runs is seen next time
+    stamp = input_stamp(item.path)  # before reading: a change while it runs is seen next time
     image = read_image(item.path, item.series_uid)
     try:
         result = segment_liver(image, bundle, device, progress=stage(0.05, 0.7), cancel=cancel)
@@ -146,7 +146,7 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
                **{k: _finite(v) for k, v in values.items()},
                "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
                "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 4),
-               "warnings": "; ".join(warnings), "input_modified": modified, "status": "ok", "error": None}
+               "warnings": "; ".join(warnings), "input_stamp": stamp, "status": "ok", "error": None}
         if record is not None:
             record(row)
     return row
@@ -206,7 +206,7 @@ def _kept(table: ResultsTable, out_dir: Path, case: str, radiomics: bool) -> str
     """Why a finished case is not segmented again (None: it is). A row ``measure`` wrote
     from a (hand-corrected) mask is kept whatever automatic files are there: redoing it
     would replace that measurement by the network's. A case whose scan changed since (its
-    recorded ``input_modified``) is redone, and so is one measured without the radiomics
+    recorded ``input_stamp``) is redone, and so is one measured without the radiomics
     features asked for now."""
     if not table.finished(case):
         return None
@@ -217,8 +217,8 @@ def _kept(table: ResultsTable, out_dir: Path, case: str, radiomics: bool) -> str
         return None
     if radiomics and not _has_radiomics(table.rows[case]):
         return None  # segmented with --no-radiomics before
-    recorded, path = table.rows[case].get("input_modified"), table.rows[case].get("input")
-    if recorded and path and input_modified(Path(str(path))) != recorded:
+    recorded, path = table.rows[case].get("input_stamp"), table.rows[case].get("input")
+    if recorded and path and input_stamp(path) != recorded:
         return None  # the scan was replaced (re-exported, corrected) since this case was segmented
     return "already done"
 
@@ -227,25 +227,6 @@ def _has_radiomics(row: dict) -> bool:
     """Whether a row holds radiomics features, or says why it cannot (a region pyradiomics refused)."""
     return (any(k.startswith("original_") and v is not None for k, v in row.items())
             or "no radiomics features" in (row.get("warnings") or ""))
-
-
-def input_modified(path: Path) -> str | None:
-    """When the scan at ``path`` last changed (UTC, ISO 8601, microseconds): the file's
-    modification time, or for a DICOM folder the latest of its DICOM files' (other files,
-    such as .DS_Store or notes, do not count); None if it cannot be read."""
-    try:
-        if path.is_dir():
-            with os.scandir(path) as entries:
-                stamps = [e.stat().st_mtime_ns for e in entries if e.is_file() and looks_like_dicom_file(e.path)]
-        else:
-            stamps = [path.stat().st_mtime_ns]
-    except OSError:
-        return None
-    if not stamps:
-        return None
-    seconds, nanoseconds = divmod(max(stamps), 10**9)
-    moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc).replace(microsecond=nanoseconds // 1000)
-    return moment.isoformat()
 
 
 def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -333,6 +334,11 @@ def test_results_record_the_series_and_another_series_of_the_folder_is_not_taken
     assert main(["measure", str(folder), str(out / "study_liver.nii.gz"), "--no-radiomics", "--progress", "none",
                  "--series", uids[0], "-o", str(tmp_path / "m")]) == 0
     assert uids[0] in (tmp_path / "m" / "measurements.csv").read_text(encoding="utf-8")
+    # A slice removed (the newest modification time is the same): redone, and now refused as a gap.
+    middle = sorted(folder.glob("a*"))[len(list(folder.glob("a*"))) // 2]
+    middle.rename(tmp_path / middle.name)
+    assert main([*arguments, uids[0]]) == 1
+    assert json.loads((out / "measurements.json").read_text(encoding="utf-8"))[0]["status"] == "failed"
 
 
 def test_a_series_description_picks_the_series_and_an_ambiguous_one_is_refused(tmp_path, monkeypatch):
