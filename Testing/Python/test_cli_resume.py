@@ -190,3 +190,19 @@ def test_resume_redoes_a_metaimage_whose_detached_data_file_changed(tmp_path):
     (folder / "case.raw").write_bytes(data)  # the header is untouched
     assert main(arguments) == 0 and (out / "measurements.csv").read_text() != table
 
+
+
+def test_the_stamp_covers_a_detached_headers_data_file_and_only_the_dicom_files_of_a_folder(tmp_path):
+    from LiverVolumetryLib.scan_files import input_stamp, scan_files
+
+    image = make_phantom(3, shape=(40, 32, 13), spacing=(10.0, 10.0, 18.0)).image
+    for name in ("a.nhdr", "b.mhd", "c.nii.gz"):
+        sitk.WriteImage(image, str(tmp_path / name))
+    detached = [p.name for p in scan_files(tmp_path / "a.nhdr")]
+    assert detached[0] == "a.nhdr" and len(detached) == 2 and (tmp_path / detached[1]).is_file()
+    assert [p.name for p in scan_files(tmp_path / "b.mhd")] == ["b.mhd", "b.raw"]
+    assert [p.name for p in scan_files(tmp_path / "c.nii.gz")] == ["c.nii.gz"]
+    assert scan_files(tmp_path) == []  # no DICOM files in it
+    stamp = input_stamp(tmp_path / "b.mhd")
+    (tmp_path / "b.raw").write_bytes((tmp_path / "b.raw").read_bytes() + b"\0")
+    assert input_stamp(tmp_path / "b.mhd") != stamp and input_stamp(tmp_path / "absent.nii.gz") is None
