@@ -25,8 +25,8 @@ from .reporting import Reporter
 from .scan_files import input_stamp
 
 LEADING_COLUMNS = ("case", "input", "series_uid", "volume_ml", "voxel_count")
-TRAILING_COLUMNS = ("input_stamp", "model_name", "model_version", "device", "seconds", "unsure_fraction",
-                    "warnings", "status", "error")
+TRAILING_COLUMNS = ("input_stamp", "model_name", "model_version", "model_sha256", "device", "seconds",
+                    "unsure_fraction", "warnings", "status", "error")
 TABLE_CSV, TABLE_JSON = "measurements.csv", "measurements.json"
 
 
@@ -144,7 +144,8 @@ def process_case(item: InputCase, out_dir: Path, bundle: ModelBundle, device: st
             write_qc_png(image, result.mask, qc_tmp, title=title, warnings=warnings)
         row = {"case": item.case, "input": os.path.abspath(item.path), "series_uid": series_uid_of(image),
                **{k: _finite(v) for k, v in values.items()},
-               "model_name": bundle.name, "model_version": bundle.version, "device": result.device,
+               "model_name": bundle.name, "model_version": bundle.version, "model_sha256": bundle.sha256,
+               "device": result.device,
                "seconds": round(time.perf_counter() - start, 2), "unsure_fraction": round(result.unsure_fraction, 4),
                "warnings": "; ".join(warnings), "input_stamp": stamp, "status": "ok", "error": None}
         if record is not None:
@@ -178,6 +179,8 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
              *(path for item in cases for path in CaseOutputs.for_case(out_dir, item.case).all())]
     if folder := next((path for path in files if path.is_dir()), None):  # else found only after the work
         raise OutputError(folder, "is a folder where this run writes a file (remove or rename it)")
+    if bundle is not None:
+        _check_one_model(table, bundle, out_dir, {item.case for item in cases} if overwrite else set())
     if overwrite:
         return
     for item in cases:
@@ -189,17 +192,30 @@ def check_output_folder(cases: list[InputCase], out_dir: Path, table: ResultsTab
         if series and item.series_uid and series != item.series_uid and series != _series_read(item):
             raise OutputError(out_dir / TABLE_CSV, f"already holds case '{item.case}' from another DICOM series "
                                                    f"({series}); use another output folder or --overwrite")
-    if bundle is not None:  # every finished row, not only this run's cases: one table, one model
-        other = {case: (row.get("model_name"), row.get("model_version")) for case, row in table.rows.items()
-                 if table.finished(case) and not row.get("mask")
-                 and (row.get("model_name"), row.get("model_version")) != (bundle.name, bundle.version)}
-        if other:
-            names = [f"'{case}'" for case in other]
-            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            name, version = next(iter(other.values()))
-            raise OutputError(out_dir / TABLE_CSV, f"already holds case{'s' if len(names) > 1 else ''} {shown} "
-                                                   f"segmented by model {name} {version}, not {bundle.name} "
-                                                   f"{bundle.version}; use another output folder or --overwrite")
+
+
+def _made_by(row: dict) -> tuple:
+    return row.get("model_name"), row.get("model_version"), row.get("model_sha256")
+
+
+def _check_one_model(table: ResultsTable, bundle: ModelBundle, out_dir: Path, replaced: set[str]) -> None:
+    """Refuse a table holding a finished case (other than the ``replaced`` ones) segmented by
+    another model than ``bundle``, by name and version or, where the row records them, by
+    its weights (two exports under one name): one table, one model."""
+    other = {case: _made_by(row) for case, row in table.rows.items()
+             if table.finished(case) and not row.get("mask") and case not in replaced
+             and (_made_by(row)[:2] != (bundle.name, bundle.version)
+                  or row.get("model_sha256") not in (None, bundle.sha256))}
+    if other:
+        names = [f"'{case}'" for case in other]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        name, version, sha = next(iter(other.values()))
+        same_name = (name, version) == (bundle.name, bundle.version)
+        weights = f" (weights {sha[:12]}, not {bundle.sha256[:12]})" if same_name else ""
+        fix = "use another output folder" + ("" if replaced else " or --overwrite")
+        raise OutputError(out_dir / TABLE_CSV, f"already holds case{'s' if len(names) > 1 else ''} {shown} segmented "
+                                               f"by model {name} {version}, not {bundle.name} {bundle.version}"
+                                               f"{weights}; {fix}")
 
 
 def _kept(table: ResultsTable, out_dir: Path, case: str, radiomics: bool) -> str | None:

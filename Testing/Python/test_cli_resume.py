@@ -124,9 +124,22 @@ def test_resume_adds_radiomics_asked_for_now_and_refuses_another_model(phantom_f
     assert (out / "measurements.csv").read_text() == table
     other = tmp_path / "other_scan.nii.gz"  # another case added with another model: refused as well
     shutil.copy(path, other)
-    assert main(["segment", str(other), "-o", str(out), "--model", str(tiny_bundle), "--progress", "none"]) == 1
-    assert "already holds case 'case_a' segmented by model" in capsys.readouterr().err
-    assert (out / "measurements.csv").read_text() == table
+    for extra in ([], ["--overwrite"]):  # --overwrite replaces this run's cases only: case_a would stay
+        assert main(["segment", str(other), "-o", str(out), "--model", str(tiny_bundle), "--progress", "none",
+                     *extra]) == 1
+        err = capsys.readouterr().err
+        assert "already holds case 'case_a' segmented by model" in err
+        assert err.strip().endswith("use another output folder" if extra else "or --overwrite")
+        assert (out / "measurements.csv").read_text() == table
+    assert row["model_sha256"] == bundled.sha256
+    twin = tmp_path / "twin"  # another network under the same name and version
+    shutil.copytree(tiny_bundle, twin)
+    spec = json.loads((twin / "model.json").read_text())
+    spec.update(name=bundled.name, version=bundled.version)
+    (twin / "model.json").write_text(json.dumps(spec))
+    assert main(["segment", str(other), "-o", str(out), "--model", str(twin), "--progress", "none"]) == 1
+    assert (f"segmented by model {bundled.name} {bundled.version}, not {bundled.name} {bundled.version} (weights "
+            f"{bundled.sha256[:12]}, not {load_bundle(twin).sha256[:12]})") in capsys.readouterr().err
 
 
 def test_demo_resumes_only_its_own_seeds_phantom(tmp_path, capsys):
