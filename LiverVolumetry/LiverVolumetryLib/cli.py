@@ -78,10 +78,33 @@ def _check_text(row: dict) -> str:
     return f" - check: {row['warnings']}" if row.get("warnings") else ""
 
 
+def _check_replaced_row(table, case: str, image, series: str | None, overwrite: bool) -> None:
+    """measure -o: this case's ``segment`` row is replaced by the corrected mask's measurement
+    (the workflow), but a row measured from a mask, or of another scan or DICOM series, only
+    with --overwrite."""
+    from .batch import TABLE_CSV, _same_input
+
+    row = table.rows.get(case) if table is not None else None
+    if not row or overwrite:
+        return
+    where, recorded = table.out_dir / TABLE_CSV, row.get("input")
+    if row.get("mask"):
+        raise LiverVolumetryError(f"{where}: already has a row for case '{case}' measured from {row['mask']} (use "
+                                  "--overwrite to replace it)")
+    if recorded and not _same_input(str(recorded), Path(image)):
+        raise LiverVolumetryError(f"{where}: already holds case '{case}' from another input ({recorded}); name this "
+                                  "one with --case, or use another output folder or --overwrite")
+    if series and row.get("series_uid") and series != row["series_uid"]:
+        raise LiverVolumetryError(f"{where}: already holds case '{case}' from another DICOM series "
+                                  f"({row['series_uid']}); name this one with --case, or use --overwrite")
+
+
 def cmd_measure(args) -> int:
     from .batch import CaseOutputs, ResultsTable
     from .errors import InputError, OutputError
     from .imageio import case_id, read_image, series_uid_of
+    from .inputs import _is_plain_name
+    from .scan_files import input_stamp
     from .masks import read_mask, segment_name_warnings
     from .measure import measure_keeping_volume
     from .plausibility import plausibility_warnings
@@ -90,20 +113,20 @@ def cmd_measure(args) -> int:
     if str(args.image).lower().endswith(".seg.nrrd"):
         raise InputError(args.image, "is a Slicer segmentation (.seg.nrrd), not a scan: the image comes "
                                      "first (livervolumetry measure IMAGE MASK)")
-    case = args.case or case_id(args.image)
+    case = case_id(args.image) if args.case is None else args.case
+    if not _is_plain_name(case.strip()) or case != case.strip():
+        raise LiverVolumetryError(f"--case {case!r}: a case name must be a plain file name (not empty, no '/', "
+                                  "'\\' or leading '.' or spaces)")
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # before the work
         raise OutputError(args.output, "is a file; the output must be a folder")
     table = ResultsTable(Path(args.output)) if args.output else None  # --overwrite: this row only
-    # A segment row is replaced by the corrected mask's measurement (the workflow); a row measured
-    # from another mask only with --overwrite. Before the work, not after.
-    if table is not None and table.rows.get(case, {}).get("mask") and not args.overwrite:
-        raise LiverVolumetryError(f"{Path(args.output) / 'measurements.csv'}: already has a row for case "
-                                  f"'{case}' measured from {table.rows[case]['mask']} (use --overwrite to "
-                                  "replace it)")
+    _check_replaced_row(table, case, args.image, None, args.overwrite)  # before the work, not after
     reporter, start = make_reporter(args.progress), time.perf_counter()
     reporter.start(1)
     reporter.progress(case, 0.0, "load")
+    stamp = input_stamp(args.image)  # before reading, as segment records it
     image = read_image(args.image, args.series)
+    _check_replaced_row(table, case, args.image, series_uid_of(image), args.overwrite)
     mask = read_mask(args.mask, reference=image, label=args.label)
     try:
         values, measure_warnings = measure_keeping_volume(
@@ -116,7 +139,7 @@ def cmd_measure(args) -> int:
     reporter.case_done(case, "ok", None, round(time.perf_counter() - start, 2))
     reporter.close()
     row = {"case": case, "input": os.path.abspath(args.image), "series_uid": series_uid_of(image),
-           "mask": os.path.abspath(args.mask),
+           "mask": os.path.abspath(args.mask), "input_stamp": stamp,
            **values,
            "warnings": "; ".join(segment_name_warnings(args.mask) + measure_warnings
                                  + plausibility_warnings(image, mask)),

@@ -152,3 +152,28 @@ def test_measure_of_the_folders_seg_nrrd_edited_in_place_notes_the_other_automat
                                 "--no-radiomics")
     assert code == 0, err
     assert "note: case_a_liver.nii.gz, case_a_qc.png in that folder are still the automatic segmentation" in stdout
+
+
+def test_measure_does_not_replace_a_row_of_another_scan_and_checks_its_case_name(phantom_file, tmp_path, capsys):
+    import shutil
+
+    path, truth = phantom_file
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(path, elsewhere / path.name)  # another file that yields the same case name
+    mask = tmp_path / "corrected.nii.gz"
+    sitk.WriteImage(truth, str(mask))
+    table = (out / "measurements.csv").read_text()
+    assert main(["measure", str(elsewhere / path.name), str(mask), "-o", str(out), "--no-radiomics"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"already holds case 'case_a' from another input ({path}); name this one with --case, or "
+                        "use another output folder or --overwrite") and "\n" not in err
+    assert (out / "measurements.csv").read_text() == table
+    for bad in ("", " ", "../up", ".hidden"):
+        assert main(["measure", str(path), str(mask), "--case", bad, "--no-radiomics"]) == 1
+        assert "a case name must be a plain file name" in capsys.readouterr().err
+    assert main(["measure", str(path), str(mask), "-o", str(out), "--no-radiomics"]) == 0  # its own scan: replaced
+    row = json.loads((out / "measurements.json").read_text())[0]
+    assert row["mask"] == str(mask) and len(row["input_stamp"]) == 16
