@@ -69,6 +69,26 @@ class ResultsTable:
         # In canonical order: a table written before a column existed (series_uid) gets it in its place.
         self.rows: dict[str, dict] = {str(r.get("case")): ordered_row(r)
                                       for r in read_measurements(out_dir / TABLE_JSON)}
+        if self.existed:
+            self._mend_csv()
+
+    def _sorted_rows(self) -> list[dict]:
+        return sorted(self.rows.values(), key=lambda r: r.get("status") != "ok")
+
+    def _mend_csv(self) -> None:
+        """Rewrite a CSV that is not the JSON's table (a run killed between writing the two)."""
+        from .atomic import write_text_atomic
+        from .outputs import measurements_csv
+
+        if (self.out_dir / TABLE_CSV).is_dir():
+            return  # refused before any work (check_output_folder)
+        expected = measurements_csv(self._sorted_rows())
+        try:
+            current = (self.out_dir / TABLE_CSV).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != expected:
+            write_text_atomic(self.out_dir / TABLE_CSV, expected)
 
     def finished(self, case: str) -> bool:
         return self.rows.get(case, {}).get("status") == "ok"
@@ -83,8 +103,7 @@ class ResultsTable:
         # A run in which nothing worked writes no table of its own (no partial output).
         if not self.existed and not any(r.get("status") == "ok" for r in self.rows.values()):
             return
-        rows = sorted(self.rows.values(), key=lambda r: r.get("status") != "ok")
-        write_measurements(rows, self.out_dir / TABLE_CSV, self.out_dir / TABLE_JSON, overwrite=True)
+        write_measurements(self._sorted_rows(), self.out_dir / TABLE_CSV, self.out_dir / TABLE_JSON, overwrite=True)
         self.existed = True
 
 

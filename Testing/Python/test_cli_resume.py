@@ -219,3 +219,16 @@ def test_the_stamp_covers_a_detached_headers_data_file_and_only_the_dicom_files_
     stamp = input_stamp(tmp_path / "b.mhd")
     (tmp_path / "b.raw").write_bytes((tmp_path / "b.raw").read_bytes() + b"\0")
     assert input_stamp(tmp_path / "b.mhd") != stamp and input_stamp(tmp_path / "absent.nii.gz") is None
+
+
+def test_a_csv_left_behind_its_json_by_a_kill_is_mended_on_the_next_run(phantom_file, tmp_path):
+    """The JSON is written first; a run killed before the CSV's rename leaves the CSV a row
+    short, and a resume in which every case is skipped writes nothing else to mend it."""
+    path, _ = phantom_file
+    out = tmp_path / "out"
+    arguments = ["segment", str(path), "-o", str(out), "--no-radiomics", "--progress", "none"]
+    assert main(arguments) == 0
+    complete = (out / "measurements.csv").read_text()
+    (out / "measurements.csv").write_text(complete.splitlines()[0] + "\n")  # the header only
+    assert main(arguments) == 0  # skipped
+    assert (out / "measurements.csv").read_text() == complete
