@@ -126,9 +126,12 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def remove_stale_parts(path: str | os.PathLike) -> None:
-    """Remove the temporary files a killed writer of ``path`` left (``.<name>.*.part*``):
-    a process killed outright (SIGKILL, power loss) cannot remove them itself."""
+    """Remove the temporary files a killed writer of ``path`` left (``.<name>.*.part*``, and
+    ``..<name>.*.part*`` of a writer that itself wrote through a temporary name): a process
+    killed outright (SIGKILL, power loss) cannot remove them itself."""
     path = Path(path)
-    for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.part*")):
-        with contextlib.suppress(OSError):
-            os.unlink(stale)
+    folder, name = glob.escape(str(path.parent)), glob.escape(path.name)
+    for pattern in (f".{name}.*.part*", f"..{name}.*.part*"):
+        for stale in glob.glob(os.path.join(folder, pattern)):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)

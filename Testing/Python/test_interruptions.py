@@ -70,7 +70,8 @@ def test_sigterm_during_the_work_stops_cleanly_like_ctrl_c(scan, tmp_path, monke
 def test_temporary_files_of_a_killed_run_are_removed_when_the_case_is_written(scan, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    stale = [out / ".case_liver.nii.gz.k3j2.part.nii.gz", out / ".case_qc.png.x9.part.png"]
+    stale = [out / ".case_liver.nii.gz.k3j2.part.nii.gz", out / ".case_qc.png.x9.part.png",
+             out / "..case_qc.png.x9.part.png.y7.part.png"]  # a writer's own temporary name for its temporary file
     for path in stale:
         path.write_bytes(b"half")
     other = out / ".other_qc.png.x9.part.png"  # another case's: not this run's business
