@@ -162,64 +162,11 @@ def cmd_measure(args) -> int:
     return EXIT_OK
 
 
-def _demo_phantom(out: Path, seed: int, overwrite: bool) -> tuple[Path, Path, bool]:
-    """The demo's phantom scan and true liver in ``out`` (made unless this seed's are there);
-    returns their paths and whether they were made now."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from .atomic import atomic_path
-    from .errors import InputError
-    from .outputs import write_mask
-    from .phantom import make_phantom
-
-    # Named so that the scan's case name is the demo's case, "phantom" (as measure names it).
-    image_path, truth_path = out / "phantom.nii.gz", out / "phantom_reference_liver.nii.gz"
-    if image_path.exists() and truth_path.exists() and not overwrite:  # resumed: only if it is this seed's
-        try:
-            held = sitk.ReadImage(str(image_path))
-        except RuntimeError:
-            raise InputError(image_path, "cannot be read as the demo's phantom (use --overwrite to make it "
-                                         "again)") from None
-        wanted = make_phantom(seed).image  # kept alive beside its array view
-        if not np.array_equal(sitk.GetArrayViewFromImage(held), sitk.GetArrayViewFromImage(wanted)):
-            raise LiverVolumetryError(f"{image_path}: is another phantom than seed {seed}'s (use --overwrite "
-                                      "to replace it, or another output folder)")
-        return image_path, truth_path, False
-    print(f"generating a synthetic portal-venous MRI phantom (seed {seed}) in {out}/")
-    phantom = make_phantom(seed)
-    with atomic_path(image_path) as tmp:
-        sitk.WriteImage(phantom.image, str(tmp), True)
-    write_mask(phantom.liver, truth_path)
-    return image_path, truth_path, True
-
-
 def cmd_demo(args) -> int:
-    from .batch import run_segmentation
-    from .inputs import InputCase
-    from .masks import read_mask
-    from .measure import dice, liver_volume_ml
-    from .reporting import make_reporter
+    from .demo import run_demo
 
-    out = Path(args.output)
-    image_path, truth_path, _ = _demo_phantom(out, args.seed, args.overwrite)
-    mask_path = out / "phantom_liver.nii.gz"
-    before = mask_path.stat().st_mtime_ns if mask_path.exists() else None
-    rows = run_segmentation([InputCase("phantom", image_path)], out, model=args.model, device=args.device,
-                            radiomics=not args.no_radiomics, overwrite=args.overwrite,
-                            reporter=make_reporter(args.progress))
-    row = rows[0]
-    if row.get("status") == "failed":
-        raise LiverVolumetryError(row["error"])
-    reference = read_mask(truth_path)
-    overlap = dice(read_mask(mask_path, reference=reference), reference)
-    features = sum(1 for k in row if k.startswith("original_"))
-    when = " (the earlier run's)" if before == mask_path.stat().st_mtime_ns else ""  # resumed, not redone
-    print(f"liver volume {row['volume_ml']:.1f} mL (phantom truth {liver_volume_ml(reference):.1f} mL), "
-          f"Dice {overlap:.3f} against the phantom's true liver, {features} radiomics features, "
-          f"{row['seconds']:.1f} s on {row['device']}{when}{_check_text(row)}")
-    print(f"in {out}/: the scan phantom.nii.gz and its true liver phantom_reference_liver.nii.gz; outputs "
-          "phantom_liver.nii.gz, phantom_liver.seg.nrrd, phantom_qc.png, measurements.csv/.json")
+    run_demo(Path(args.output), args.seed, args.model, args.device, not args.no_radiomics, args.overwrite,
+             args.progress, check_text=_check_text)
     return EXIT_OK
 
 

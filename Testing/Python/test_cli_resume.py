@@ -157,8 +157,8 @@ def test_demo_resumes_only_its_own_seeds_phantom(tmp_path, capsys):
     (out / "phantom.nii.gz").write_bytes(b"damaged")
     assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"{out / 'phantom.nii.gz'}: cannot be read as the demo's phantom (use --overwrite to make "
-                        "it again)") and "\n" not in err
+    assert err.startswith(f"livervolumetry: error: {out / 'phantom.nii.gz'}: ") and "\n" not in err
+    assert err.endswith("; use --overwrite to make the demo's phantom again")
     # The demo's scan is named after its case: measuring it names the same row.
     assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none", "--overwrite"]) == 0
     assert main(["measure", str(out / "phantom.nii.gz"), str(out / "phantom_liver.seg.nrrd"), "-o", str(out),
@@ -232,3 +232,27 @@ def test_a_csv_left_behind_its_json_by_a_kill_is_mended_on_the_next_run(phantom_
     (out / "measurements.csv").write_text(complete.splitlines()[0] + "\n")  # the header only
     assert main(arguments) == 0  # skipped
     assert (out / "measurements.csv").read_text() == complete
+
+
+def test_demo_checks_everything_before_it_writes_the_phantom(tmp_path, capsys):
+    """A bad model, an output that is a file, a table of another model: refused with nothing
+    written; another seed is refused even when the true liver is missing; JSON mode keeps
+    stdout JSON only."""
+    broken = tmp_path / "broken-model"
+    shutil.copytree(load_bundle().path, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    assert main(["demo", "-o", str(tmp_path / "d1"), "--model", str(broken), "--progress", "none"]) == 1
+    assert not (tmp_path / "d1").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "-o", str(tmp_path / "afile"), "--progress", "none"]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'afile'}: is a file; the output must be a folder")
+    out = tmp_path / "d2"
+    code, stdout, err = run_cli("demo", "-o", str(out), "--no-radiomics", "--progress", "json")
+    assert code == 0, err
+    assert all(json.loads(line) for line in stdout.splitlines()) and "generating" in err and "Dice" in err
+    (out / "phantom_reference_liver.nii.gz").unlink()
+    assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none", "--seed", "5"]) == 1
+    assert "is another phantom than seed 5's" in capsys.readouterr().err
+    assert main(["demo", "-o", str(out), "--no-radiomics", "--progress", "none"]) == 0  # its own seed: true liver again
+    assert (out / "phantom_reference_liver.nii.gz").is_file()
+
