@@ -212,6 +212,13 @@ def path_text(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def series_text(text: str) -> str:
+    """``--series``: a UID or description, never blank (it would be silently ignored)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty series (an unset shell variable?)")
+    return text
+
+
 def label_values(text: str) -> tuple[int, ...]:
     """``--label``: one or more comma-separated integer label values."""
     try:
@@ -246,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image files (.nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd), DICOM series folders, folders of "
                           "images, or a CSV manifest (column 'image')")
     seg.add_argument("-o", "--output", required=True, type=path_text, help="output folder")
-    seg.add_argument("--series", help=SERIES_HELP)
+    seg.add_argument("--series", type=series_text, help=SERIES_HELP)
     _common(seg)
     seg.set_defaults(func=cmd_segment)
     mea = sub.add_parser("measure", help="volume and radiomics of a (hand-corrected) liver mask")
@@ -257,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     mea.add_argument("--case", help="case name in the table (default: image file name)")
     mea.add_argument("--label", type=label_values, help="liver label value(s) in the mask, e.g. 6, or 1,2 for "
                                                         "liver plus lesions (default: any non-zero, if only one value)")
-    mea.add_argument("--series", help="the DICOM series to read when the folder holds several: its "
+    mea.add_argument("--series", type=series_text, help="the DICOM series to read when the folder holds several: its "
                                        "SeriesInstanceUID or its SeriesDescription")
     mea.add_argument("--no-radiomics", action="store_true")
     mea.add_argument("--overwrite", action="store_true",

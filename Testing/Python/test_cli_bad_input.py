@@ -188,8 +188,9 @@ def test_bad_input_keeps_an_existing_table_untouched(tmp_path, capsys):
 
 @pytest.mark.parametrize("arguments", [["segment", "", "-o", "out"], ["segment", "scan.nii.gz", "-o", ""],
                                        ["measure", "scan.nii.gz", " ", "-o", "out"], ["demo", "-o", ""],
-                                       ["segment", "scan.nii.gz", "-o", "out", "--model", ""]],
-                         ids=["input", "output", "mask", "demo output", "model"])
+                                       ["segment", "scan.nii.gz", "-o", "out", "--model", ""],
+                                       ["segment", "scan.nii.gz", "-o", "out", "--series", " "]],
+                         ids=["input", "output", "mask", "demo output", "model", "series"])
 def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys, arguments):
     """What an unset shell variable gives: "" would be the current folder (segment every scan in it,
     or write into it), and --model "" the bundled model."""
@@ -198,7 +199,7 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, mon
     with pytest.raises(SystemExit) as stopped:
         main(arguments)
     assert stopped.value.code == 2
-    assert "an empty path (an unset shell variable?)" in capsys.readouterr().err
+    assert "(an unset shell variable?)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
 
 
