@@ -15,6 +15,7 @@ from conftest import OBLIQUE, rotation_direction
 from scipy.spatial.distance import cdist
 
 from LiverVolumetryLib.errors import InputError
+from LiverVolumetryLib.outputs import write_segmentation
 from LiverVolumetryTraining.agreement import bland_altman, icc_agreement, mann_whitney
 from LiverVolumetryTraining.cli import main
 from LiverVolumetryTraining.surface_metrics import surface, surface_distances, surface_metrics
@@ -386,17 +387,14 @@ def test_cli_evaluate_checks_every_prediction_grid_before_the_first_case(cases, 
 
 
 def test_cli_evaluate_reads_a_slicer_segmentation_where_there_is_no_other_prediction(cases, tmp_path):
-    from LiverVolumetryLib.outputs import write_segmentation
-
     predictions = tmp_path / "pred"
     shutil.copytree(cases / "pred", predictions)
     (predictions / "0.nii.gz").unlink()  # case 0: corrected in Slicer and saved as a segmentation only
     reference = sitk.ReadImage(str(cases / "data" / "label_0.nii.gz"))
     write_segmentation(reference, predictions / "0.seg.nrrd")
     write_segmentation(sitk.Image(reference) * 0 + 1, predictions / "1_liver.seg.nrrd")  # beside 1.nii.gz: unused
-    out = tmp_path / "out"
     assert main(["evaluate", "--manifest", str(cases / "manifest.csv"), "--predictions", str(predictions),
-                 "--no-radiomics", "-o", str(out)]) == 0
-    rows = _rows(out / "cases.csv")
+                 "--no-radiomics", "-o", str(tmp_path / "out")]) == 0
+    rows = _rows(tmp_path / "out" / "cases.csv")
     assert float(rows["0"]["dice"]) == 1.0 and rows["0"]["source"].endswith("0.seg.nrrd")
     assert float(rows["1"]["dice"]) == pytest.approx(14 / 15, abs=1e-6)  # still its .nii.gz
