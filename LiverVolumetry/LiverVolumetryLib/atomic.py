@@ -35,15 +35,24 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
+#: Temporary paths an ``atomic_path`` of this process is filling now.
+_FILLING: set[str] = set()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` on success.
 
     The temporary name keeps the destination's extension, so writers that choose the
     format from the extension (SimpleITK, matplotlib) behave as for the real name.
-    With ``overwrite=False`` an existing destination raises :class:`OutputError`.
+    With ``overwrite=False`` an existing destination raises :class:`OutputError`. Given a
+    temporary path that an enclosing ``atomic_path`` is filling (a writer called on it), it
+    yields that path as it is: the enclosing one moves it into place.
     """
     path = Path(path)
+    if os.fspath(path) in _FILLING:
+        yield path
+        return
     if path.is_dir():
         raise OutputError(path, "is a folder; a file cannot be written in its place (remove or rename it)")
     if not overwrite and path.exists():
@@ -55,6 +64,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         raise OutputError(path, f"cannot write here ({error.strerror or error})") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    _FILLING.add(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use normal permissions
@@ -72,6 +82,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        _FILLING.discard(tmp_name)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
