@@ -264,7 +264,7 @@ def _has_radiomics(row: dict) -> bool:
             or "no radiomics features" in (row.get("warnings") or ""))
 
 
-def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | None = None,
+def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | Path | ModelBundle | None = None,
                      device: str = "auto", radiomics: bool = True, overwrite: bool = False,
                      reporter: Reporter | None = None, cancel=None) -> list[dict]:
     """Run every case; a failing case is recorded and the run goes on. Returns the rows."""
@@ -273,7 +273,7 @@ def run_segmentation(cases: list[InputCase], out_dir: str | Path, model: str | P
     reporter = reporter or Reporter()
     out_dir = Path(out_dir)
     table = ResultsTable(out_dir, overwrite)
-    bundle = load_bundle(model)
+    bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
     check_output_folder(cases, out_dir, table, overwrite, bundle)
     device = resolve_device(device)
     rows = []

@@ -70,7 +70,7 @@ def run_demo(out: Path, seed: int, model, device: str, radiomics: bool, overwrit
     image_path, truth_path = _phantom_files(out, seed, overwrite, say)
     mask_path = out / f"{CASE}_liver.nii.gz"
     before = mask_path.stat().st_mtime_ns if mask_path.exists() else None
-    row = run_segmentation([case], out, model=model, device=device, radiomics=radiomics, overwrite=overwrite,
+    row = run_segmentation([case], out, model=bundle, device=device, radiomics=radiomics, overwrite=overwrite,
                            reporter=make_reporter(progress))[0]
     if row.get("status") == "failed":
         raise LiverVolumetryError(row["error"])
