@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livervolumetry", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when the process that started this one ends (a GUI's Cancel through a launcher)")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment the liver and measure it for one or many scans")
     seg.add_argument("inputs", nargs="+", type=path_text,
@@ -287,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        from .parent_watch import exit_with_parent
+
+        exit_with_parent()
     _quiet_libraries()
     try:
         with stop_signals_interrupt():  # `timeout`, SLURM, a closed terminal: cleaned up as after Ctrl-C

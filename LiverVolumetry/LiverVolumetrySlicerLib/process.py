@@ -49,7 +49,8 @@ def python_executable() -> str:
 
 
 def _kill_tree(proc) -> None:
-    """Kill the process and, when psutil is available, every process it started."""
+    """Kill the process and, when psutil is available, every process it started (without
+    psutil, an engine behind a launcher stops itself: ``--exit-with-parent``)."""
     try:
         import psutil
     except ImportError:
@@ -101,7 +102,9 @@ class EngineProcess:
         return self._proc is not None and not self._finished
 
     def command(self) -> list[str]:
-        return [python_executable(), "-m", CLI_MODULE, *self.arguments]
+        # --exit-with-parent: where only the launcher could be found (and psutil is missing),
+        # killing it on Cancel must still stop the interpreter it started.
+        return [python_executable(), "-m", CLI_MODULE, "--exit-with-parent", *self.arguments]
 
     def start(self) -> None:
         """Launch the process and start polling its output."""

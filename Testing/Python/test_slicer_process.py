@@ -325,3 +325,57 @@ def test_a_mask_that_cannot_be_imported_leaves_no_new_segmentation(segmentation_
     success, message = segmentation_job.done[-1][:2]
     assert success is False and "could not read the mask" in message
     assert removed == ([] if given else segmentation_job.made) and len(segmentation_job.made) == (0 if given else 1)
+
+
+_LAUNCHER = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import time; from LiverVolumetryLib.parent_watch import exit_with_parent; "
+    "assert exit_with_parent(0.05); time.sleep(120)"])
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie (not yet reaped by its new parent) has stopped computing too
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process ids")
+def test_cancel_stops_the_engine_behind_a_launcher_without_psutil(glue, monkeypatch):
+    """Only the launcher (PythonSlicer) is killed where psutil is missing: the interpreter
+    it started must stop by itself (--exit-with-parent), not compute on orphaned."""
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` fails, as in a bare Slicer
+    monkeypatch.setattr(glue.process.EngineProcess, "command", lambda self: [sys.executable, "-c", _LAUNCHER])
+    proc = glue.process.EngineProcess(["segment"], lambda e: None, lambda rc, cancelled: None)
+    proc.start()
+    deadline = time.monotonic() + 30
+    while not proc.lines and time.monotonic() < deadline:
+        proc.poll()
+        time.sleep(0.05)
+    child = int(proc.lines[0])
+    time.sleep(0.3)
+    assert not _gone(child)
+    proc.cancel()  # not wait(): the engine holds the output pipe, which ends only when it stops
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child), "the engine behind the killed launcher is still running"
+    proc.wait(30)
+
+
+def test_the_engine_is_started_watching_its_parent(glue):
+    command = glue.process.EngineProcess(["segment", "a.nii.gz"], lambda e: None, lambda rc, c: None).command()
+    assert command[1:5] == ["-m", "LiverVolumetryLib.cli", "--exit-with-parent", "segment"]
+    from LiverVolumetryLib.cli import build_parser
+
+    assert build_parser().parse_args(command[3:] + ["-o", "out"]).exit_with_parent
