@@ -103,12 +103,21 @@ def _entry(path: Path, where: str, row: dict) -> CaseEntry:
             raise ValueError
     except (TypeError, ValueError, OverflowError):
         raise InputError(path, f"{where}: liver_label {value!r} is not a whole number") from None
-    image_path, label_path = ((path.parent / os.path.expanduser(p)).resolve() for p in (image, label))
+    image_path, label_path = (_absolute(path.parent / os.path.expanduser(p)) for p in (image, label))
     case = _text(row.get("case")) or _strip(image_path.name)
     if case in (".", "..") or any(sep in case for sep in ("/", "\\")):
         raise InputError(path, f"{where}: case name {case!r} is not usable as a file name (it names the cached "
                                "arrays and the masks): no / or \\, not . or ..")
     return CaseEntry(case, image_path, label_path, int(number), _text(row.get("group")))
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute with its folders resolved but a symlinked file kept under its
+    own name (git-annex, DVC and datalad store ``patient1.nii.gz`` as a link to a content
+    hash: the case, and the engine's mask ``patient1_liver.nii.gz``, are named after the link)."""
+    if path.name in ("", ".", ".."):
+        return path.resolve()
+    return path.parent.resolve() / path.name
 
 
 def _text(value) -> str:
@@ -134,7 +143,7 @@ def read_manifest(path: str | Path) -> list[CaseEntry]:
 
 def _manifest_path(file: Path, folder: Path) -> str:
     """``file`` relative to ``folder`` when inside it (POSIX separators), else absolute."""
-    file = Path(file).resolve()
+    file = _absolute(Path(file).absolute())
     try:
         return file.relative_to(folder).as_posix()
     except ValueError:
