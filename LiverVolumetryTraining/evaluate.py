@@ -40,7 +40,7 @@ from LiverVolumetryLib.plausibility import plausibility_warnings
 from .agreement import (MIN_ICC_CASES, BlandAltman, ICCResult, MannWhitney, bland_altman, icc_agreement,
                         mann_whitney)
 from .dataset import CaseEntry, load_entry
-from .fingerprint import file_fingerprint
+from .fingerprint import file_fingerprint, fingerprint_method
 from .surface_metrics import surface_metrics
 
 Log = Callable[[str], None]
@@ -340,13 +340,13 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
         raise LiverVolumetryError("give a model or a predictions folder, not both")
     _check_out_dir(out_dir, overwrite)
     _check_inputs(entries, predictions, prediction_label)
-    bundle, training_cases, fingerprints, named_only = None, set(), set(), set()
+    bundle, training_cases, fingerprints, named_only, method = None, set(), set(), set(), None
     if predictions is None:
         bundle, device = _load_model(model, device)
         automated = f"model {bundle.name} {bundle.version} ({bundle.path}, sha256 {bundle.sha256[:12]}, {device})"
         training = bundle.metadata.get("training") or {}
         recorded = training.get("case_fingerprints") or {}
-        fingerprints = {f for f in recorded.values() if f}
+        fingerprints, method = {f for f in recorded.values() if f}, fingerprint_method(training, bundle.path)
         # By name: every training case of a bundle without fingerprints, else those whose image was unreadable.
         training_cases = {str(c) for c in training.get("cases", []) if not fingerprints or not recorded.get(c)}
         named_only = {str(c) for c in training.get("cases", [])} - training_cases
@@ -358,7 +358,7 @@ def evaluate(entries: Sequence[CaseEntry], out_dir: str | Path, model: str | Pat
     for number, entry in enumerate(entries, start=1):
         case = evaluate_case(entry, bundle, predictions, radiomics, device, result.notes, log, prediction_label)
         case.trained_on = case.case in training_cases or bool(  # by name, else by image content
-            fingerprints and file_fingerprint(entry.image) in fingerprints)
+            fingerprints and file_fingerprint(entry.image, method) in fingerprints)
         result.cases.append(case)
         log(f"[{number}/{len(entries)}] {case.case}: Dice {case.dice:.4f}, HD95 {case.hd95_mm:.2f} mm, "
             f"ASSD {case.assd_mm:.2f} mm, volume {case.volume_auto_ml:.0f} / {case.volume_ref_ml:.0f} mL "

@@ -26,7 +26,7 @@ from LiverVolumetryLib.measure import dice
 from LiverVolumetryLib.segment import segment_liver
 
 from .dataset import CaseEntry, load_entry
-from .fingerprint import file_fingerprint
+from .fingerprint import VOXELS, file_fingerprint
 from .run_folder import load_checkpoint, read_config
 
 
@@ -92,6 +92,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, name: str, version: str
     spec = bundle_spec(config, state, name, version, checkpoint, description)
     spec["training"]["data"] = _data_text(config, data_credit)
     spec["training"]["case_fingerprints"] = _fingerprints(config, log)
+    spec["training"]["fingerprint_method"] = VOXELS
     if threshold is not None:
         if not 0.0 < threshold < 1.0:
             raise LiverVolumetryError(f"threshold must lie between 0 and 1, got {threshold}")

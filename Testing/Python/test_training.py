@@ -147,6 +147,9 @@ def test_tiny_run_resumes_and_exports_a_bundle(pairs_folder, tmp_path):
     fingerprints = meta["training"]["case_fingerprints"]
     assert sorted(fingerprints) == ["0", "1"] and all(len(f) == 64 for f in fingerprints.values())
     assert fingerprints["0"] != fingerprints["1"]
+    assert meta["training"]["fingerprint_method"] == "sha256 of pixel type, size and voxels"
+    from LiverVolumetryTraining.fingerprint import file_fingerprint
+    assert fingerprints["0"] == file_fingerprint(entries[0].image)
     # The best checkpoint was chosen on these same cases: its card says the figure is optimistic.
     best = export_run(run, tmp_path / "best", "tiny", "0.1.0", checkpoint="best", log=lambda m: None,
                       data_credit="chaos")

@@ -24,15 +24,18 @@ def _bundle_trained_on(tiny_bundle: Path, folder: Path, training: dict) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("recorded", ["fingerprints", "names only"])
+@pytest.mark.parametrize("recorded", ["fingerprints", "grid fingerprints", "names only"])
 def test_cli_evaluate_leaves_the_models_training_cases_out_of_the_summary(cases, tiny_bundle, tmp_path, recorded):
-    from LiverVolumetryTraining.fingerprint import file_fingerprint
+    from LiverVolumetryTraining.fingerprint import VOXELS, VOXELS_AND_GRID, file_fingerprint
 
     manifest = tmp_path / "renamed.csv"  # the same scans under other names than the model was trained with
     manifest.write_text("image,label,case\n" + "".join(f"{cases}/data/image_{k}.nii.gz,{cases}/data/label_{k}.nii.gz,"
                                                        f"scan-{k}\n" for k in range(4)))
-    if recorded == "fingerprints":  # the training record names case "0", but its image is this manifest's scan-2
-        training = {"cases": ["0"], "case_fingerprints": {"0": file_fingerprint(cases / "data" / "image_2.nii.gz")}}
+    if recorded != "names only":  # the training record names case "0", but its image is this manifest's scan-2
+        method = VOXELS if recorded == "fingerprints" else VOXELS_AND_GRID  # a bundle that records no method
+        training = {"cases": ["0"], "case_fingerprints": {"0": file_fingerprint(cases / "data" / "image_2.nii.gz",
+                                                                                method)}}
+        training.update({"fingerprint_method": VOXELS} if method == VOXELS else {})
         flagged, says = "scan-2", "their images are among the model's training images"
     else:
         training, flagged, says = {"cases": ["scan-1"]}, "scan-1", "matched by name only"
@@ -67,13 +70,13 @@ def test_cli_evaluate_on_the_models_training_cases_only_says_so(cases, tiny_bund
 
 def test_cli_evaluate_names_a_training_name_whose_image_differs_and_matches_unreadable_ones_by_name(
         cases, tiny_bundle, tmp_path):
-    from LiverVolumetryTraining.fingerprint import file_fingerprint
+    from LiverVolumetryTraining.fingerprint import VOXELS, file_fingerprint
 
     manifest = tmp_path / "renamed.csv"
     manifest.write_text("image,label,case\n" + "".join(f"{cases}/data/image_{k}.nii.gz,{cases}/data/label_{k}.nii.gz,"
                                                        f"scan-{k}\n" for k in range(4)))
     # scan-0 was trained on image 2 (so this scan-0 is another scan); scan-3's image was unreadable at export.
-    training = {"cases": ["scan-0", "scan-3"],
+    training = {"cases": ["scan-0", "scan-3"], "fingerprint_method": VOXELS,
                 "case_fingerprints": {"scan-0": file_fingerprint(cases / "data" / "image_2.nii.gz"), "scan-3": None}}
     bundle = _bundle_trained_on(tiny_bundle, tmp_path / "bundle", training)
     out = tmp_path / "out"
@@ -92,3 +95,14 @@ def test_a_group_whose_cases_all_trained_the_model_is_named_as_left_out(cases, t
                  "--device", "cpu", "-o", str(out)]) == 0
     notes = json.loads((out / "summary.json").read_text(encoding="utf-8"))["notes"]
     assert "group(s) 'B' left out of the group comparison: all their cases trained the model" in notes
+
+
+def test_cli_evaluate_refuses_a_bundle_whose_fingerprint_method_it_does_not_know(cases, tiny_bundle, tmp_path, capsys):
+    training = {"cases": ["0"], "case_fingerprints": {"0": "ab" * 32}, "fingerprint_method": "sha3 of everything"}
+    bundle = _bundle_trained_on(tiny_bundle, tmp_path / "bundle", training)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--manifest", str(cases / "manifest.csv"), "--model", str(bundle), "--no-radiomics",
+                 "--device", "cpu", "-o", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fingerprint_method 'sha3 of everything'" in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
