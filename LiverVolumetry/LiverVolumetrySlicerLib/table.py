@@ -55,6 +55,8 @@ def _column_array(name: str, value: Any):
 def fill_table(table_node, columns: dict[str, Any]) -> None:
     """Replace the table's content by one row holding ``columns`` (ordered)."""
     describe = _engine_describe()
+    # SetColumnTitle came with Slicer's translatable tables; SetColumnLongName is its deprecated forerunner.
+    titled = hasattr(table_node, "SetColumnTitle")
     was_modifying = table_node.StartModify()
     try:
         table_node.RemoveAllColumns()
@@ -63,7 +65,10 @@ def fill_table(table_node, columns: dict[str, Any]) -> None:
             unit, description = column_metadata(name, describe)
             table_node.SetColumnUnitLabel(name, unit)
             table_node.SetColumnDescription(name, description)
-            table_node.SetColumnTitle(name, long_name(name))
+            if titled:
+                table_node.SetColumnTitle(name, long_name(name))
+            else:
+                table_node.SetColumnLongName(name, long_name(name))
     finally:
         table_node.EndModify(was_modifying)
 

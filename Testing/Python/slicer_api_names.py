@@ -136,6 +136,7 @@ MRML_METHODS = {
     "SetColor": SEGMENT_H,
     "SetColumnDescription": TABLE_NODE_H,
     "SetColumnTitle": TABLE_NODE_H + " (SetColumnLongName is deprecated: a VTK warning per call)",
+    "SetColumnLongName": TABLE_NODE_H + " (fallback where SetColumnTitle is missing)",
     "SetColumnUnitLabel": TABLE_NODE_H,
     "SetItemParent": SUBJECT_HIERARCHY_H,
     "SetName": SEGMENT_H + "; " + UTIL + " (vtkAbstractArray.SetName)",
