@@ -96,6 +96,9 @@ def _entry(path: Path, where: str, row: dict) -> CaseEntry:
     image, label = row.get("image"), row.get("label")
     if not isinstance(image, str) or not image or not isinstance(label, str) or not label:
         raise InputError(path, f"{where}: needs 'image' and 'label'")
+    for column in ("image", "label", "case"):
+        if any(ord(c) < 32 for c in _text(row.get(column))):
+            raise InputError(path, f"{where}: {column} holds a control character (a NUL byte, tab or line break)")
     value = row.get("liver_label")
     try:
         number = 1 if value in (None, "") else float(value)

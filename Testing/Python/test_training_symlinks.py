@@ -1,5 +1,6 @@
-"""Datasets kept as symlinks to content-addressed files (git-annex, DVC, datalad): the case
-and its predicted mask are named after the link, as ``livervolumetry segment`` names them."""
+"""Manifest paths as datasets hold them. With symlinks to content-addressed files (git-annex,
+DVC, datalad), the case and its predicted mask are named after the link, as ``livervolumetry
+segment`` names them; a control character in a path is a one-line error."""
 
 from __future__ import annotations
 
@@ -63,3 +64,12 @@ def test_a_manifest_in_a_linked_folder_reads_its_parent_folder_as_the_shell_does
     (entry,) = read_manifest(linked)
     assert entry.case == "patient1" and entry.image.is_file() and entry.label.is_file()
     assert entry.image.parent == (tmp_path / "real" / "project" / "data").resolve()
+
+
+def test_a_control_character_in_a_manifest_path_or_case_is_a_one_line_error(tmp_path, capsys):
+    for number, row in enumerate(["\0,\0", "a.nii.gz,b.nii.gz,x\ty"]):
+        manifest = tmp_path / f"m{number}.csv"
+        manifest.write_text("image,label,case\n" + row + "\n", encoding="utf-8")
+        assert main(["check", "--manifest", str(manifest)]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"m{number}.csv: line 2: " in err[0] and "control character" in err[0], err
