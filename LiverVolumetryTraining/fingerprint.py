@@ -21,12 +21,13 @@ scan, and a grid written to NIfTI (float32) and read back is not the grid that w
 (float64), which made a resaved training scan look held out."""
 VOXELS_AND_GRID = "sha256 of pixel type, size, voxels and grid rounded to 1e-4"
 """The method of bundles that record none (exported before the method was recorded)."""
+METHODS = (VOXELS, VOXELS_AND_GRID)
 
 
 def fingerprint_method(training: dict, bundle: str | os.PathLike | None = None) -> str:
     """The method by which the ``training`` record of ``bundle`` took its fingerprints."""
     method = training.get("fingerprint_method") or VOXELS_AND_GRID
-    if method not in (VOXELS, VOXELS_AND_GRID):
+    if method not in METHODS:
         raise ModelBundleError(bundle, f"model.json records fingerprint_method {method!r}, which this version of "
                                        "LiverVolumetry does not know (update it to evaluate with this model)")
     return method
@@ -36,7 +37,7 @@ def image_fingerprint(image: sitk.Image, method: str = VOXELS) -> str:
     """SHA-256 of an image's pixel type, size and voxels (and, for ``VOXELS_AND_GRID``, its
     spacing, origin and direction rounded to 1e-4): the same scan under another name, in
     another format or compression, has the same fingerprint."""
-    if method not in (VOXELS, VOXELS_AND_GRID):
+    if method not in METHODS:
         raise ValueError(f"unknown fingerprint method {method!r}")
     header = [image.GetPixelIDTypeAsString(), list(image.GetSize()), image.GetNumberOfComponentsPerPixel()]
     if method == VOXELS_AND_GRID:
