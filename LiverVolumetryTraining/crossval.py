@@ -112,7 +112,9 @@ def nested_thresholds(per_case: dict[str, dict[float, float]], folds: list[list[
 
 
 def _mask_path(run_dir: Path, threshold: float, case: str) -> Path:
-    return run_dir / "masks" / f"threshold-{threshold:g}" / f"{case}.nii.gz"
+    """``RUN/masks/threshold-T/CASE.nii.gz``; T is the shortest text that reads back as the
+    same number, so two thresholds never share a folder (0.5 stays ``threshold-0.5``)."""
+    return run_dir / "masks" / f"threshold-{float(threshold)!r}" / f"{case}.nii.gz"
 
 
 def predict_out_of_fold(entries: Sequence[CaseEntry], folds: list[list[str]], run_dir: Path,
@@ -137,7 +139,7 @@ def predict_out_of_fold(entries: Sequence[CaseEntry], folds: list[list[str]], ru
                 per_case[case][t] = round(dice(mask, reference), 4)
                 _mask_path(run_dir, t, case).parent.mkdir(parents=True, exist_ok=True)
                 sitk.WriteImage(mask, str(_mask_path(run_dir, t, case)), True)
-            log(f"fold {k} case {case}: Dice " + ", ".join(f"{d:.4f} @ {t:g}" for t, d in per_case[case].items())
+            log(f"fold {k} case {case}: Dice " + ", ".join(f"{d:.4f} @ {t!r}" for t, d in per_case[case].items())
                 + f"; unsure fraction {unsure[case]:.3f}")
     chosen = nested_thresholds(per_case, folds) if len(thresholds) > 1 else {c: thresholds[0] for c in per_case}
     out = run_dir / "predictions"

@@ -16,8 +16,8 @@ from LiverVolumetryLib.measure import dice
 from LiverVolumetryLib.phantom import make_phantom
 from LiverVolumetryLib.segment import network_probability, probability_to_mask
 from LiverVolumetryTraining.cli import main
-from LiverVolumetryTraining.crossval import (choose_threshold, crossval, make_folds, nested_thresholds,
-                                             parse_folds)
+from LiverVolumetryTraining.crossval import (_mask_path, choose_threshold, crossval, make_folds,
+                                             nested_thresholds, parse_folds)
 from LiverVolumetryTraining.dataset import find_pairs, load_entry
 from test_training import tiny_recipe
 
@@ -45,6 +45,14 @@ def test_threshold_choice_is_nested():
     chosen = nested_thresholds(per_case, [["a1", "a2"], ["b1", "b2"]])
     assert chosen == {"a1": 0.5, "a2": 0.5, "b1": 0.7, "b2": 0.7}
     assert choose_threshold({0.4: [0.9], 0.5: [0.9], 0.7: [0.8]}) == 0.5  # tie: nearest 0.5
+
+
+def test_near_thresholds_get_mask_folders_of_their_own(tmp_path):
+    # Six significant digits (":g") named both of these "threshold-0.5": one overwrote the other.
+    paths = {t: _mask_path(tmp_path, t, "1") for t in (0.5, 0.5000001, 0.7, 0.70000001)}
+    assert len(set(paths.values())) == 4
+    assert paths[0.5] == tmp_path / "masks" / "threshold-0.5" / "1.nii.gz"  # earlier runs' folders keep their names
+    assert {float(p.parent.name.removeprefix("threshold-")) for p in paths.values()} == set(paths)
 
 
 @pytest.fixture(scope="module")
