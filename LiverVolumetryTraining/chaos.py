@@ -24,7 +24,10 @@ slice, is an error naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from LiverVolumetryLib.dicom import DicomSeries, read_series, sitk_reason
 from LiverVolumetryLib.errors import InputError
 
 from .converters import ConversionOutput, Log, _quiet, compact_image
-from .dataset import CaseEntry, _natural_key, read_file
+from .dataset import CaseEntry, _natural_key, list_folder, read_file
 
 #: Sequence name -> (sequence folder, phase sub-folder of DICOM_anon or None).
 SEQUENCES = {"t2spir": ("T2SPIR", None), "t1-in": ("T1DUAL", "InPhase"), "t1-out": ("T1DUAL", "OutPhase")}
@@ -47,12 +50,14 @@ SAME_POSITION_MM = 0.05
 
 @dataclass(frozen=True)
 class SliceFile:
-    """One DICOM file: its ImagePositionPatient, ImageOrientationPatient, and columns x rows."""
+    """One DICOM file: its ImagePositionPatient, ImageOrientationPatient, columns x rows,
+    and SeriesInstanceUID ("" where the header has none)."""
 
     file: Path
     position: tuple[float, float, float]
     orientation: tuple[float, ...]
     size: tuple[int, int]
+    series_uid: str = ""
 
 
 def _floats(reader: sitk.ImageFileReader, tag: str, count: int, file: Path) -> tuple[float, ...]:
@@ -70,18 +75,25 @@ def read_slice_file(file: Path) -> SliceFile:
     """The position, orientation and size of one DICOM file, from its header."""
     reader = read_file(file, "cannot be read as DICOM", header_only=True)
     size = reader.GetSize()
+    uid = reader.GetMetaData("0020|000e").strip(" \0") if reader.HasMetaDataKey("0020|000e") else ""
     return SliceFile(file, _floats(reader, "0020|0032", 3, file), _floats(reader, "0020|0037", 6, file),
-                     (int(size[0]), int(size[1])))
+                     (int(size[0]), int(size[1])), uid)
 
 
 def ordered_slices(folder: Path) -> list[SliceFile]:
     """The .dcm files of ``folder`` sorted by position along the slice normal; all files
-    must share one orientation and size."""
+    must belong to one series and share one orientation and size."""
     if not folder.is_dir():
         raise InputError(folder, "not found (expected a folder of DICOM files)")
-    slices = [read_slice_file(p) for p in sorted(folder.iterdir()) if p.suffix.lower() == ".dcm"]
+    slices = [read_slice_file(p) for p in list_folder(folder) if p.suffix.lower() == ".dcm"]
     if len(slices) < 2:
         raise InputError(folder, f"holds {len(slices)} .dcm file(s); a series of slices is needed")
+    series = {s.series_uid for s in slices if s.series_uid}
+    if len(series) > 1:  # two series whose slices interleave would pass as one finer volume
+        count = sum(s.series_uid == slices[0].series_uid for s in slices)
+        raise InputError(folder, f"holds {len(series)} DICOM series (SeriesInstanceUID), not one: "
+                                 f"{count} of {len(slices)} files are of series {slices[0].series_uid}; "
+                                 "keep one series per folder")
     first = slices[0]
     for other in slices[1:]:
         if other.size != first.size or not np.allclose(other.orientation, first.orientation, atol=1e-4):
@@ -110,7 +122,11 @@ def _twin(file: SliceFile, others: Sequence[SliceFile]) -> SliceFile | None:
 def assign_pngs(slices: Sequence[SliceFile], ground: Path, partner: Path | None) -> list[Path]:
     """The PNG of ``ground`` for each slice: same stem, else (T1) the same stem as the
     ``partner`` phase's file at the same position. Every PNG must be used."""
-    pngs = {p.stem: p for p in ground.iterdir() if p.suffix.lower() == ".png"} if ground.is_dir() else {}
+    pngs = {}
+    for png in (p for p in list_folder(ground) if p.suffix.lower() == ".png") if ground.is_dir() else ():
+        if png.stem in pngs:  # IMG-1.png and IMG-1.PNG: which one is the slice's?
+            raise InputError(ground, f"{pngs[png.stem].name} and {png.name} name the same slice; keep one")
+        pngs[png.stem] = png
     if not pngs:
         raise InputError(ground, "holds no ground-truth PNG files (CHAOS test sets have no labels)")
     partner_slices: list[SliceFile] | None = None
@@ -131,13 +147,33 @@ def assign_pngs(slices: Sequence[SliceFile], ground: Path, partner: Path | None)
     return chosen
 
 
+@contextmanager
+def _libpng_silenced() -> Iterator[None]:
+    """Standard error closed while libpng reads: it prints its own "libpng error: ..." line
+    before ITK raises, and the InputError below says the same in the tool's one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def read_png(png: Path, item: SliceFile) -> np.ndarray:
     """The grey values of one ground-truth PNG (rows x columns), checked against its slice."""
     try:
-        grey = sitk.GetArrayFromImage(sitk.ReadImage(str(png)))
+        with _libpng_silenced():
+            grey = sitk.GetArrayFromImage(sitk.ReadImage(str(png)))
     except RuntimeError as error:
         raise InputError(png, f"cannot be read as PNG ({sitk_reason(error)})") from None
-    if grey.ndim == 3:  # grey stored as RGB(A): the channels are equal
+    if grey.ndim == 3:  # grey stored as RGB(A): the colour channels must be equal
+        colour = grey[..., :3] if grey.shape[-1] >= 3 else grey[..., :1]
+        if np.any(colour != colour[..., :1]):
+            raise InputError(png, "is a colour PNG (its red, green and blue differ); CHAOS ground truth is "
+                                  "grey values (liver 63)")
         grey = grey[..., 0]
     columns, rows = item.size
     if grey.shape != (rows, columns):
@@ -183,7 +219,7 @@ def find_patients(source: Path) -> list[Path]:
     def patients(folder: Path) -> list[Path]:
         if not folder.is_dir():
             return []
-        found = [p for p in folder.iterdir() if p.is_dir() and any((p / s).is_dir() for s in ("T2SPIR", "T1DUAL"))]
+        found = [p for p in list_folder(folder) if p.is_dir() and any((p / s).is_dir() for s in ("T2SPIR", "T1DUAL"))]
         return sorted(found, key=lambda p: _natural_key(p.name))
 
     if any((source / s).is_dir() for s in ("T2SPIR", "T1DUAL")):

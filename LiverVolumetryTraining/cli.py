@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 
 from LiverVolumetryLib.cli import label_values, path_text
-from LiverVolumetryLib.errors import InputError, LiverVolumetryError
+from LiverVolumetryLib.errors import InputError, LiverVolumetryError, os_error_text
 from .recipes import RECIPES
 
 
@@ -319,6 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LiverVolumetryError as error:
         print(f"livervolumetry-train: error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): stop quietly
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured, replaced)
+            pass
+        return 1
+    except OSError as error:  # a file or folder the checks did not reach (unreadable, vanished, disk full)
+        print(f"livervolumetry-train: error: {os_error_text(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("livervolumetry-train: interrupted (resume by running the same command)", file=sys.stderr)

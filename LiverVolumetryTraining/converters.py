@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from LiverVolumetryLib.dicom import sitk_reason
 from LiverVolumetryLib.errors import InputError, LiverVolumetryError, OutputError
 
-from .dataset import CaseEntry, _natural_key, find_pairs
+from .dataset import CaseEntry, _natural_key, find_pairs, list_folder
 from .manifest import check_entry, write_manifest
 
 MANIFEST_NAME = "manifest.csv"
@@ -97,18 +97,34 @@ class ConversionOutput:
         return self.out_dir / name
 
     def finish(self, entries: Sequence[CaseEntry]) -> list[CaseEntry]:
-        """Move the converted files into ``out_dir``, then write the manifest."""
+        """Move the converted files into ``out_dir``, then write the manifest. Files and a
+        manifest replaced (``overwrite``) are first moved aside and put back if any step
+        fails, so the folder holds either the old conversion or the new one."""
         staged = sorted(self.staging.iterdir())
-        taken = [self.out_dir / p.name for p in staged if (self.out_dir / p.name).exists()]
+        taken = [self.out_dir / p.name for p in staged if os.path.lexists(self.out_dir / p.name)]
         if taken and not self.overwrite:
             raise OutputError(taken[0], "already exists (use --overwrite to replace it)")
+        if folder := next((path for path in taken if path.is_dir() and not path.is_symlink()), None):
+            raise OutputError(folder, "is a folder where the conversion writes a file (remove or rename it)")
+        aside = self.staging / ".replaced"
+        moved, placed = [], []
         try:
-            self.manifest.unlink(missing_ok=True)  # never a manifest naming half-replaced files
+            aside.mkdir()
+            for path in [*taken, self.manifest] if self.manifest.exists() else taken:
+                os.replace(path, aside / path.name)
+                moved.append(path)
             for path in staged:
                 os.replace(path, self.out_dir / path.name)
-        except OSError as error:
-            raise OutputError(self.out_dir, f"cannot move converted files into place ({error})") from None
-        write_manifest(entries, self.manifest)
+                placed.append(self.out_dir / path.name)
+            write_manifest(entries, self.manifest)
+        except (OSError, LiverVolumetryError) as error:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            for path in moved:
+                os.replace(aside / path.name, path)
+            reason = error.cause if isinstance(error, OutputError) else (error.strerror or str(error)).lower()
+            raise OutputError(self.out_dir, f"cannot move the converted files into place ({reason}); "
+                                            "the folder is as it was") from None
         return list(entries)
 
 
@@ -181,7 +197,7 @@ def convert_amos(source: str | Path, out_dir: str | Path, liver_label: int | Non
     for images, labels in (("imagesTr", "labelsTr"), ("imagesVa", "labelsVa")):
         if not (root / images).is_dir():
             continue
-        for image in sorted((root / images).iterdir()):
+        for image in list_folder(root / images):
             match = re.fullmatch(r"amos_(\d+)\.nii(\.gz)?", image.name)
             if match and int(match[1]) >= AMOS_FIRST_MRI_ID:
                 label = root / labels / image.name
@@ -214,7 +230,7 @@ def convert_totalseg(source: str | Path, out_dir: str | Path, liver_label: int |
     if not source.is_dir():
         raise InputError(source, "is not a folder")
     subjects = [source.resolve()] if (source / "mri.nii.gz").is_file() else \
-        sorted((p for p in source.iterdir() if (p / "mri.nii.gz").is_file()), key=lambda p: _natural_key(p.name))
+        sorted((p for p in list_folder(source) if (p / "mri.nii.gz").is_file()), key=lambda p: _natural_key(p.name))
     if not subjects:
         raise InputError(source, "holds no TotalSegmentator MRI subjects (<subject>/mri.nii.gz)")
     entries = [CaseEntry(f"totalseg-{s.name}", s / "mri.nii.gz", *_totalseg_label(s, liver_label), "totalseg-mri")

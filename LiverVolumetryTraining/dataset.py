@@ -59,11 +59,19 @@ def _strip(name: str) -> str:
     return name
 
 
+def list_folder(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; one that cannot be listed is a one-line InputError."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as error:
+        raise InputError(folder, f"cannot be listed ({(error.strerror or str(error)).lower()})") from None
+
+
 def _image_files(folder: Path) -> dict[str, Path]:
     """The image files directly in ``folder``, keyed by their lower-case name without suffix;
     two that differ only in letter case or suffix (image_1.nii, Image_1.nii.gz) are refused."""
     files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    for path in list_folder(folder):
         if path.name.lower().endswith(_SUFFIXES):
             key = _strip(path.name).lower()
             if key in files:
@@ -173,6 +181,10 @@ def read_file(path: Path, failure: str, header_only: bool = False) -> sitk.Image
     from LiverVolumetryLib.imageio import image_suffix
     from LiverVolumetryLib.niftifile import check_nifti_complete
 
+    try:  # ITK says "does not exist" of a file it may not read
+        open(path, "rb").close()
+    except OSError as error:
+        raise InputError(path, f"{failure} ({(error.strerror or str(error)).lower()})") from None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -98,7 +98,10 @@ def _series_description(folder: Path) -> str:
 def candidates(patient: Path) -> tuple[list[Path], list[Path]]:
     """(labels, images) found anywhere under ``patient`` (see the module docstring)."""
     labels, images = [], []
-    for folder, subfolders, files in os.walk(patient):
+    def unreadable(error: OSError):  # os.walk would skip the folder, and with it maybe the scan
+        raise InputError(error.filename, f"cannot be listed ({(error.strerror or str(error)).lower()})")
+
+    for folder, subfolders, files in os.walk(patient, onerror=unreadable):
         subfolders.sort()
         here = Path(folder)
         if here != patient and not _is_tumour(here.name) and _has_dicom(here):

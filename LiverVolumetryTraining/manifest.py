@@ -176,13 +176,14 @@ def write_manifest(entries: Iterable[CaseEntry], path: str | Path, overwrite: bo
 
 
 def _image_header(entry: CaseEntry) -> sitk.ImageFileReader:
-    """A reader holding the header of the entry's image file."""
-    from LiverVolumetryLib.imageio import _file_reader
+    """A reader holding the header of the entry's image file, checked as training's read
+    checks it (a 4D, RGB or badly spaced image is refused here, before its pixels are read)."""
+    from LiverVolumetryLib.imageio import read_header
 
     if not entry.image.exists():
         raise InputError(entry.image, f"case {entry.case}: image file not found")
     try:
-        return _file_reader(entry.image)  # the engine's reasons (corrupt, unsupported type, ...)
+        return read_header(entry.image)  # the engine's reasons (corrupt, unsupported type, 4D, ...)
     except InputError as error:
         raise InputError(entry.image, f"case {entry.case}: image {error.cause}") from None
 
@@ -191,7 +192,8 @@ def check_entry(entry: CaseEntry, full: bool = True) -> None:
     """Raise a one-line InputError naming the case and the file if ``entry`` is unusable.
 
     ``full`` reads the image as training does (:func:`load_entry`); otherwise only the
-    image file's header is read (a DICOM folder is still read), and the label's pixels.
+    image file's header is read and checked (a DICOM folder is still read), and the label's
+    pixels: NaN or infinite image voxels are found by the full check only.
     """
     if full:
         load_entry(entry)

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from .atomic import interrupts_deferred, stop_signals_interrupt
-from .errors import LiverVolumetryError
+from .errors import LiverVolumetryError, os_error_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into a reader that stopped (`| head`): stop quietly, as on SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_FAILED
+    except OSError as error:  # a file or folder the checks did not reach (unreadable, vanished, disk full)
+        print(f"livervolumetry: error: {os_error_text(error)}", file=sys.stderr)
         return EXIT_FAILED
     except MemoryError:
         print("livervolumetry: error: out of memory while processing (try a smaller image or a machine with more memory)",

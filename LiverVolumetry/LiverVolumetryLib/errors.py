@@ -47,6 +47,14 @@ class CancelledError(LiverVolumetryError):
         super().__init__(message)
 
 
+def os_error_text(error: OSError) -> str:
+    """One line for an OSError nothing more specific caught: the file it names and why
+    (``/data/MR/3: permission denied``)."""
+    cause = (error.strerror or type(error).__name__).lower()
+    names = [os.fsdecode(n) for n in (error.filename, error.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {cause}" if names else f"{cause} ({error})"
+
+
 def name_is_not_utf8(path: str | os.PathLike) -> bool:
     """Whether a file name's bytes are not UTF-8 (e.g. Latin-1 from an old CD or ZIP
     export): ITK cannot take such a name (it aborts the whole process)."""

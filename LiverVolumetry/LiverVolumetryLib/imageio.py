@@ -281,8 +281,9 @@ def _execute(reader: sitk.ImageReaderBase, path: Where) -> sitk.Image:
                                f"{_sitk_reason(error)}") from None
 
 
-def _read_file(path: Path) -> sitk.Image:
-    """Read an image file as float32 after checking everything its header tells."""
+def read_header(path: Path) -> sitk.ImageFileReader:
+    """A reader holding the header of image file ``path``, refused for everything the header
+    tells (layout, spacing, direction, origin, memory needed) as reading would; no pixels read."""
     reader = _file_reader(path)
     size = reader.GetSize()
     _check_layout(path, reader.GetDimension(), size, reader.GetNumberOfComponents())
@@ -290,6 +291,12 @@ def _read_file(path: Path) -> sitk.Image:
     _check_direction(path, reader.GetDirection())
     _check_origin(path, reader.GetOrigin())
     _check_memory(path, size)
+    return reader
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """Read an image file as float32 after checking everything its header tells."""
+    reader = read_header(path)
     if reader.GetPixelID() == sitk.sitkFloat64:
         return _as_float32(path, _read_float64(reader, path))
     reader.SetOutputPixelType(sitk.sitkFloat32)
