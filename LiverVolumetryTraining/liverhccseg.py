@@ -46,7 +46,8 @@ from LiverVolumetryLib.errors import InputError
 from LiverVolumetryLib.imageio import image_suffix
 
 from .converters import ConversionOutput, Log, _quiet, compact_image
-from .dataset import CaseEntry, _natural_key, grids_match, liver_mask, read_case_image, read_case_label, read_file
+from .dataset import (CaseEntry, _natural_key, grids_match, list_folder, liver_mask, read_case_image, read_case_label,
+                      read_file)
 
 GROUP = "liverhccseg"
 PACKAGE = "nifti_and_segms"  # the TCIA download nifti_and_segms.zip (phases + segmentations)
@@ -193,15 +194,22 @@ def convert_liverhccseg(source: str | Path, out_dir: str | Path, liver_label: in
     source = Path(source)
     if not source.is_dir():
         raise InputError(source, "is not a folder")
-    wrappers = [p for p in source.iterdir() if p.is_dir() and (p / PACKAGE).is_dir()]
+    wrappers = [p for p in list_folder(source) if p.is_dir() and (p / PACKAGE).is_dir()]
     if not (source / PACKAGE).is_dir() and len(wrappers) == 1:  # one folder more, as some unzip tools add
         source = wrappers[0]
     while (source / PACKAGE).is_dir():  # the patients lie in nifti_and_segms[/nifti_and_segms]
         source = source / PACKAGE
-    top = [p for p in source.iterdir() if p.is_file() and image_suffix(p) is not None]
+    listed = list_folder(source)
+    top = [p for p in listed if p.is_file() and image_suffix(p) is not None and not p.name.startswith(".")]
     skip = Path(out_dir).resolve()
-    patients = [source] if top else sorted((p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")
-                                            and p.resolve() != skip), key=lambda p: _natural_key(p.name))
+    folders = sorted((p for p in listed if p.is_dir() and not p.name.startswith(".") and p.resolve() != skip),
+                     key=lambda p: _natural_key(p.name))
+    # One patient's folder holds its liver segmentation; an image file that lies beside
+    # patient folders (a preview, an atlas) does not make the whole source one patient.
+    one_patient = any(_is_label(p.name) for p in top) or (top and not folders)
+    for stray in [] if one_patient else top:
+        log(f"ignored {stray}: an image file beside the patient folders")
+    patients = [source] if one_patient else folders
     value = 1 if liver_label is None else liver_label
     with ConversionOutput(out_dir, overwrite) as output:
         entries = [convert_patient(p, p.resolve().name, value, rater, output, log) for p in patients]

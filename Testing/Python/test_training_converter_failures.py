@@ -17,6 +17,7 @@ from LiverVolumetryTraining import converters
 from LiverVolumetryTraining.chaos import convert_chaos
 from LiverVolumetryTraining.cli import main
 from LiverVolumetryTraining.converters import convert_pairs
+from LiverVolumetryTraining.liverhccseg import convert_liverhccseg
 
 OTHER_SERIES = "1.2.826.0.1.3680043.8.498.99"
 
@@ -164,3 +165,18 @@ def test_a_failed_overwrite_leaves_the_earlier_conversion_as_it_was(tmp_path, mo
         convert_chaos(tmp_path / "src", out, sequences=["t2spir"], overwrite=True)
     assert (out / "manifest.csv").read_bytes() == before["manifest.csv"]
     assert (out / "chaos-3-t2spir_image.nii.gz").read_bytes() == before["chaos-3-t2spir_image.nii.gz"]
+
+
+def test_an_image_beside_liverhccseg_patient_folders_is_not_a_patient(tmp_path):
+    # It made the whole source one patient: named after the source folder with one
+    # patient folder, refused as having "several liver segmentations" with two.
+    source = tmp_path / "LiverHccSeg"
+    for patient in ("HCC-001", "HCC-002"):
+        write_pair(source / patient, "art_pv.nii.gz", "rater1_liver.nii.gz")
+    sitk.WriteImage(volume(), str(source / "overview.nii.gz"))
+    lines = []
+    entries = convert_liverhccseg(source, tmp_path / "out", log=lines.append)
+    assert [e.case for e in entries] == ["HCC-001", "HCC-002"]
+    assert f"ignored {source / 'overview.nii.gz'}: an image file beside the patient folders" in lines
+    # One patient's own folder (its segmentation at the top) is still one patient.
+    assert [e.case for e in convert_liverhccseg(source / "HCC-001", tmp_path / "one")] == ["HCC-001"]
